@@ -1,0 +1,35 @@
+# ipsynergy front door. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SETUP_STAMP := $(VENV)/.setup-stamp
+JARS_STAMP := .cache/ivy/.fetched
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run test clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(SETUP_STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+$(JARS_STAMP): $(SETUP_STAMP)
+	$(PY) -m jobs.session --fetch-jars
+	@touch $@
+
+setup: $(SETUP_STAMP) $(JARS_STAMP) ## create .venv, install packages, cache the Delta jars (once)
+
+run: setup ## run the whole pipeline on generated data into lake/ (ARGS="--set key=value ...")
+	$(PY) -m jobs.pipeline $(ARGS)
+
+test: setup ## run the test suite (unit + integration)
+	$(PY) -m pytest $(ARGS)
+
+clean: ## remove the lake, caches of test runs and build output (keeps .venv and jars)
+	rm -rf lake spark-warehouse .pytest_cache dist build *.egg-info

@@ -1,0 +1,98 @@
+"""What every job entry point shares: arguments, logging, settings, session, summary.
+
+A job module defines ``execute(spark, settings, summary, **options)`` (the work) and
+``main(argv=None)`` that calls :func:`run_job`. ``python -m jobs.<name>`` and
+``spark-submit jobs/<name>.py`` take the same arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from jobs.config import ConfigError, load_settings
+
+log = logging.getLogger("ipsynergy")
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}") from None
+
+
+def job_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="local",
+                        help="configuration overlay conf/<env>.yaml over conf/base.yaml (local, cluster)")
+    parser.add_argument("--as-of", type=_date, default=None, metavar="YYYY-MM-DD",
+                        help="logical run date (default: as_of in the configuration)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a configuration value, e.g. --set lake.root=/data/lake (repeatable)")
+    return parser
+
+
+@dataclass
+class Summary:
+    """The closing lines of a job: counts, table versions, elapsed time."""
+
+    job: str
+    started: float = field(default_factory=time.monotonic)
+    counts: dict[str, int] = field(default_factory=dict)
+    tables: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def count(self, name: str, value: int) -> None:
+        self.counts[name] = self.counts.get(name, 0) + int(value)
+
+    def table(self, qualified: str, version: int) -> None:
+        self.tables[qualified] = version
+
+    def note(self, line: str) -> None:
+        self.notes.append(line)
+
+    def render(self) -> str:
+        lines = [f"== {self.job} summary =="]
+        lines += [f"  {k:<28} {v:>12,}" for k, v in self.counts.items()]
+        lines += [f"  table {k:<22} version {v}" for k, v in self.tables.items()]
+        lines += [f"  {n}" for n in self.notes]
+        lines.append(f"  elapsed {time.monotonic() - self.started:.1f}s")
+        return "\n".join(lines)
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("py4j", "py4j.clientserver", "urllib3", "alembic", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_job(prog: str, description: str, argv: list[str] | None,
+            body: Callable[..., Summary], add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+            options: Callable[[argparse.Namespace], dict] | None = None) -> int:
+    """Parse arguments, load settings once, build the session, run ``body``, print its summary."""
+    parser = job_parser(prog, description)
+    if add_arguments:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        settings = load_settings(args.env, args.set, args.as_of)
+    except ConfigError as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return 2
+    from jobs.session import build_session
+
+    spark = build_session(settings)
+    summary = body(spark, settings, Summary(prog), **(options(args) if options else {}))
+    text = summary.render()
+    print(text)
+    log.info("%s finished", prog)
+    return 0
+

@@ -1,0 +1,263 @@
+"""Configuration: conf/base.yaml + conf/<env>.yaml + --set overrides, validated once.
+
+Every job calls :func:`load_settings` at start and passes the typed object down.
+A wrong key or value fails there, with the dotted key in the message.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = Path(os.environ.get("IPSYNERGY_CONF_DIR", PROJECT_ROOT / "conf"))
+LAKE_ROOT_ENV = "IPSYNERGY_LAKE_ROOT"
+UNIFIED_EVENT_TYPES = (
+    "impression", "click", "view", "play", "complete", "like", "comment",
+    "share", "follow", "purchase", "subscribe", "refund",
+)
+EVENT_FIELDS = (
+    "source_event_id", "account_id", "content_id", "creator_id", "category", "event_type",
+    "event_ts", "duration_s", "progress", "amount", "currency", "is_recommended",
+    "campaign_id", "session_id",
+)
+ACCOUNT_FIELDS = ("account_id", "phone", "email", "union_id")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the person who has to fix it."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LakeSettings(_Strict):
+    root: str = "lake"
+    raw: str | None = None
+
+
+class SparkSettings(_Strict):
+    app_name: str = "ipsynergy"
+    master: str | None = None
+    shuffle_partitions: int = Field(8, ge=1)
+    ui: bool = False
+    conf: dict[str, str] = {}
+
+    @field_validator("conf", mode="before")
+    @classmethod
+    def _stringify(cls, v: Any) -> Any:
+        return {str(k): str(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+
+class GenerateSettings(_Strict):
+    seed: int = 7
+    users: int = Field(3000, ge=10)
+    creators: int = Field(120, ge=4)
+    items_per_creator: int = Field(4, ge=1)
+    sessions: int = Field(120_000, ge=100)
+    start_date: dt.date = dt.date(2026, 3, 1)
+    days: int = Field(122, ge=1)
+    defect_rate: float = Field(0.01, ge=0.0, le=0.5)
+    files_per_platform: int = Field(2, ge=1)
+
+
+class RefineSettings(_Strict):
+    base_currency: str = "CNY"
+    fx_to_base: dict[str, float] = {"CNY": 1.0}
+    future_tolerance_hours: int = Field(24, ge=0)
+    earliest_valid_date: dt.date = dt.date(2015, 1, 1)
+    hmac_key_env: str = "IPSYNERGY_HMAC_KEY"
+
+    @model_validator(mode="after")
+    def _base_in_fx(self) -> "RefineSettings":
+        if self.fx_to_base.get(self.base_currency) != 1.0:
+            raise ValueError(f"fx_to_base must map the base currency {self.base_currency} to 1.0")
+        return self
+
+
+class Settings(_Strict):
+    env: str = "local"
+    as_of: dt.date
+    lake: LakeSettings = LakeSettings()
+    spark: SparkSettings = SparkSettings()
+    generate: GenerateSettings = GenerateSettings()
+    refine: RefineSettings = RefineSettings()
+
+    # -- derived locations -------------------------------------------------
+    @property
+    def lake_root(self) -> str:
+        return resolve_location(os.environ.get(LAKE_ROOT_ENV) or self.lake.root)
+
+    @property
+    def raw_root(self) -> str:
+        return resolve_location(self.lake.raw) if self.lake.raw else f"{self.lake_root}/raw"
+
+    def table_path(self, layer: str, name: str) -> str:
+        return f"{self.lake_root}/{layer}/{name}"
+
+
+def resolve_location(location: str) -> str:
+    """A URI stays as it is; a local path becomes absolute (relative to the project root)."""
+    if "://" in location:
+        return location.rstrip("/")
+    path = Path(location)
+    return str(path if path.is_absolute() else (PROJECT_ROOT / path).resolve())
+
+
+# -- platform mappings -------------------------------------------------------
+class Const(_Strict):
+    const: str
+
+
+FieldSource = str | Const
+
+
+class TimestampSpec(_Strict):
+    format: str = Field(description="epoch_ms, epoch_s, iso8601, or a Spark datetime pattern")
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as Asia/Shanghai)") from exc
+        return v
+
+
+class _SourceSpec(_Strict):
+    path: str
+    reader: dict[str, str] = {}
+    columns: list[str] | None = None  # CSV column order (the header)
+    fields: dict[str, FieldSource]
+
+
+class EventSource(_SourceSpec):
+    timestamp: TimestampSpec
+    amount_scale: int = Field(1, ge=1)
+    progress_scale: float = Field(1.0, gt=0)
+    event_types: dict[str, Literal[UNIFIED_EVENT_TYPES]]  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _fields_known(self) -> "EventSource":
+        _check_fields(self.fields, EVENT_FIELDS, required=("source_event_id", "account_id", "event_type", "event_ts"))
+        return self
+
+
+class AccountSource(_SourceSpec):
+    @model_validator(mode="after")
+    def _fields_known(self) -> "AccountSource":
+        _check_fields(self.fields, ACCOUNT_FIELDS, required=("account_id",))
+        return self
+
+
+class PlatformMapping(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    format: Literal["json", "csv", "parquet"]
+    events: EventSource
+    accounts: AccountSource
+
+    @model_validator(mode="after")
+    def _csv_has_columns(self) -> "PlatformMapping":
+        for part in (self.events, self.accounts):
+            if self.format == "csv" and not part.columns:
+                raise ValueError(f"{part.path}: a csv mapping must list its columns (the header, in order)")
+            if self.format == "csv":
+                missing = {v for v in part.fields.values() if isinstance(v, str)} - set(part.columns or [])
+                if missing:
+                    raise ValueError(f"{part.path}: fields refer to columns not in 'columns': {sorted(missing)}")
+        return self
+
+
+def _check_fields(fields: dict, allowed: tuple[str, ...], required: tuple[str, ...]) -> None:
+    unknown = set(fields) - set(allowed)
+    if unknown:
+        raise ValueError(f"unknown fields {sorted(unknown)}; allowed: {list(allowed)}")
+    missing = [f for f in required if f not in fields]
+    if missing:
+        raise ValueError(f"required fields missing: {missing}")
+
+
+# -- loading -----------------------------------------------------------------
+def _read_yaml(path: Path) -> dict:
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    with path.open(encoding="utf-8") as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _apply_set(data: dict, assignment: str) -> dict:
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    key, raw = assignment.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else None
+    node: dict = {}
+    override = node
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+    return _merge(data, override)
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_settings(env: str = "local", overrides: list[str] | tuple[str, ...] = (), as_of: dt.date | None = None) -> Settings:
+    """Load base + env overlay + overrides into a validated :class:`Settings`."""
+    data = _read_yaml(CONF_DIR / "base.yaml")
+    env_file = CONF_DIR / f"{env}.yaml"
+    if not env_file.exists():
+        known = sorted(p.stem for p in CONF_DIR.glob("*.yaml") if p.stem != "base")
+        raise ConfigError(f"unknown --env {env!r}: no {env_file.name} in {CONF_DIR} (known: {', '.join(known)})")
+    data = _merge(data, _read_yaml(env_file))
+    for assignment in overrides:
+        data = _apply_set(data, assignment)
+    data["env"] = env
+    if as_of is not None:
+        data["as_of"] = as_of
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, f"conf/base.yaml + conf/{env}.yaml + --set")) from None
+
+
+def load_platforms(directory: Path | None = None) -> dict[str, PlatformMapping]:
+    """Every conf/platforms/*.yaml, validated; the file name must match its ``name``."""
+    directory = directory or CONF_DIR / "platforms"
+    mappings: dict[str, PlatformMapping] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        try:
+            mapping = PlatformMapping.model_validate(_read_yaml(path))
+        except ValidationError as err:
+            raise ConfigError(_describe(err, str(path.relative_to(directory.parent.parent) if directory.is_relative_to(PROJECT_ROOT) else path))) from None
+        if mapping.name != path.stem:
+            raise ConfigError(f"{path.name}: name {mapping.name!r} must equal the file name {path.stem!r}")
+        mappings[mapping.name] = mapping
+    if not mappings:
+        raise ConfigError(f"no platform mappings found in {directory}")
+    return mappings

@@ -1,0 +1,149 @@
+"""Generate synthetic raw platform exports (and the planted truth, kept apart).
+
+Writes <raw>/<platform>/{events,accounts}/part-NNNNN.<ext> in each platform's own format
+and the truth tables lake/truth/{accounts,creators,platforms,defects}. Same seed and
+sizes, same files. Sizes: --set generate.sessions=... (about 3 events a session);
+see README "Scaling the generator" for 10^7 and 10^8 events.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs import lake
+from jobs.cli import Summary, run_job
+from jobs.config import Settings, load_platforms
+from transforms import generate as gen
+from transforms.schemas import TRUTH_ACCOUNTS, TRUTH_CREATORS, TRUTH_DEFECTS, TRUTH_PLATFORMS, select_contract
+
+log = logging.getLogger(__name__)
+STAMP = "_GENERATED.json"
+EXT = {"json": "jsonl", "csv": "csv", "parquet": "parquet"}
+
+
+def _fs(spark: SparkSession, path: str):
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    return hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath, jvm
+
+
+def _write_files(spark: SparkSession, df: DataFrame, fmt: str, target: str, header: str | None = None) -> int:
+    """Write one file per ``file_idx`` in ``ord`` order, then give the files stable names.
+
+    Spark names output files with a random id; exports have stable names, and stable
+    names make 'same seed, same files' checkable.
+    """
+    if header is not None:
+        # A null ord sorts first: the header leads each file.
+        heads = df.select("file_idx").distinct().select(
+            "file_idx", F.lit(None).cast(df.schema["ord"].dataType).alias("ord"), F.lit(header).alias("value"))
+        df = df.unionByName(heads)
+    tmp = f"{target}/_tmp_write"
+    data = df.repartition("file_idx").sortWithinPartitions("file_idx", "ord").drop("ord")
+    writer = data.write.mode("overwrite").partitionBy("file_idx")
+    if fmt == "parquet":
+        writer.parquet(tmp)
+    else:
+        writer.text(tmp)
+    fs, _, jvm = _fs(spark, target)
+    count = 0
+    for status in fs.listStatus(jvm.org.apache.hadoop.fs.Path(tmp)):
+        name = status.getPath().getName()
+        if not name.startswith("file_idx="):
+            continue
+        idx = int(name.split("=", 1)[1])
+        parts = [s.getPath() for s in fs.listStatus(status.getPath()) if s.getPath().getName().startswith("part-")]
+        for j, part in enumerate(sorted(parts, key=lambda p: p.getName())):
+            suffix = f"-{j}" if len(parts) > 1 else ""
+            dest = jvm.org.apache.hadoop.fs.Path(f"{target}/part-{idx:05d}{suffix}.{EXT[fmt]}")
+            fs.delete(dest, False)
+            fs.rename(part, dest)
+            count += 1
+    fs.delete(jvm.org.apache.hadoop.fs.Path(tmp), True)
+    return count
+
+
+def _stamp(settings: Settings) -> str:
+    payload = settings.generate.model_dump(mode="json")
+    return json.dumps({"generate": payload, "digest": hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()},
+                      sort_keys=True)
+
+
+def execute(spark: SparkSession, settings: Settings, summary: Summary, force: bool = False) -> Summary:
+    cfg = settings.generate
+    raw = settings.raw_root
+    fs, root, jvm = _fs(spark, raw)
+    stamp_path = jvm.org.apache.hadoop.fs.Path(f"{raw}/{STAMP}")
+    if not force and fs.exists(stamp_path):
+        stream = fs.open(stamp_path)
+        existing = jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+        stream.close()
+        if existing == _stamp(settings):
+            summary.note(f"raw data for these settings already in {raw}; nothing to do (--force regenerates)")
+            return summary
+        raise SystemExit(f"generate: {raw} holds data generated with other settings; "
+                         f"use another lake.raw, delete it, or pass --force to overwrite")
+    mappings = load_platforms()
+    missing = [m.name for m in gen.PLATFORM_MODELS if m.name not in mappings]
+    if missing:
+        raise SystemExit(f"generate: the generator writes platforms {missing} but conf/platforms has no mapping for them")
+
+    frames = gen.build(spark, cfg)
+    events = frames["events"].cache()
+    accounts = frames["accounts"].cache()
+    defects = []
+    for model in gen.PLATFORM_MODELS:
+        name = model.name
+        fmt = mappings[name].format
+        plat = gen.with_defects(cfg, name, events.where(F.col("platform") == name))
+        plat = plat.cache()
+        header = ",".join(gen.TINGSHU_COLUMNS) if name == "tingshu" else None
+        files = _write_files(spark, gen.export_events(cfg, name, plat), fmt, f"{raw}/{name}/events", header)
+        defects.append(plat.where(F.col("defect").isNotNull() & (F.col("copy") == 0))
+                           .select(F.lit(name).alias("platform"), gen.source_event_id(name).alias("source_event_id"), "defect"))
+        acc = gen.export_accounts(name, accounts.where(F.col("platform") == name))
+        acc = acc.withColumn("file_idx", F.lit(0)).withColumn("ord", F.struct("account_id")).drop("account_id")
+        acc_header = ",".join(gen.TINGSHU_ACCOUNT_COLUMNS) if name == "tingshu" else None
+        files += _write_files(spark, acc, fmt, f"{raw}/{name}/accounts", acc_header)
+        log.info("generate: %s written (%d files, %s)", name, files, fmt)
+        summary.count(f"files {name}", files)
+    n_events = events.count()
+    summary.count("events (clean, before defects)", n_events)
+    summary.count("accounts", accounts.count())
+
+    truth_accounts = accounts.select("platform", "account_id", "person_id", "persona")
+    truth_creators = frames["creators"].select("creator_id", "quality", "category")
+    truth_platforms = spark.createDataFrame([(m.name, m.promotion) for m in gen.PLATFORM_MODELS], "platform string, promotion double")
+    truth_defects = defects[0]
+    for d in defects[1:]:
+        truth_defects = truth_defects.unionByName(d)
+    for table, df in ((TRUTH_ACCOUNTS, truth_accounts), (TRUTH_CREATORS, truth_creators),
+                      (TRUTH_PLATFORMS, truth_platforms), (TRUTH_DEFECTS, truth_defects)):
+        summary.table(table.qualified, lake.overwrite(spark, settings, table, select_contract(df, table)))
+    summary.count("defects planted", lake.read(spark, settings, TRUTH_DEFECTS).count())
+
+    out = fs.create(stamp_path, True)
+    out.write(bytearray(_stamp(settings).encode()))
+    out.close()
+    events.unpersist()
+    accounts.unpersist()
+    summary.note(f"raw exports in {raw}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(
+        "jobs.generate", __doc__, argv, execute,
+        add_arguments=lambda p: p.add_argument("--force", action="store_true",
+                                               help="regenerate even if raw data for these settings exists"),
+        options=lambda a: {"force": a.force},
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

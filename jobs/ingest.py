@@ -1,0 +1,132 @@
+"""Ingest raw platform exports into bronze.events_raw and bronze.accounts_raw.
+
+Reads <input>/<platform>/events/** and <input>/<platform>/accounts/** (one folder per
+platform, as `jobs.generate` writes it and as real exports are laid out). Files already in
+bronze.ingest_manifest (same path, size and modification time) are skipped, so ingesting
+the same files again adds nothing. A folder with no mapping in conf/platforms is ingested
+as text and quarantined by refine as unknown_platform: nothing is dropped silently.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import sys
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs import lake
+from jobs.cli import Summary, run_job
+from jobs.config import PlatformMapping, Settings, load_platforms
+from transforms.ingest import to_bronze
+from transforms.schemas import ACCOUNTS_RAW, EVENTS_RAW, INGEST_MANIFEST, select_contract
+
+log = logging.getLogger(__name__)
+KINDS = {"events": EVENTS_RAW, "accounts": ACCOUNTS_RAW}
+
+
+def list_files(spark: SparkSession, root: str) -> list[tuple[str, str, str, int, int]]:
+    """(platform, kind, path, size, mtime_ms) for every data file under root/<platform>/<kind>/."""
+    jvm = spark.sparkContext._jvm
+    rpath = jvm.org.apache.hadoop.fs.Path(root)
+    fs = rpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(rpath):
+        raise FileNotFoundError(f"raw input {root} does not exist: run 'python -m jobs.generate' "
+                                f"or point --input (or lake.raw) at the platform exports")
+    found = []
+    for pdir in fs.listStatus(rpath):
+        platform = pdir.getPath().getName()
+        if not pdir.isDirectory() or platform.startswith(("_", ".")):
+            continue
+        for kdir in fs.listStatus(pdir.getPath()):
+            kind = kdir.getPath().getName()
+            if not kdir.isDirectory() or kind.startswith(("_", ".")):
+                continue
+            it = fs.listFiles(kdir.getPath(), True)
+            while it.hasNext():
+                st = it.next()
+                name = st.getPath().getName()
+                if name.startswith(("_", ".")):
+                    continue
+                found.append((platform, kind, st.getPath().toString(), st.getLen(), st.getModificationTime()))
+    return sorted(found)
+
+
+def _read(spark: SparkSession, files: list[str], fmt: str) -> DataFrame:
+    meta = [F.col("_metadata.file_path").alias("source_file"), F.col("_metadata.file_block_start").alias("block_start")]
+    if fmt == "parquet":
+        df = spark.read.option("mergeSchema", "true").parquet(*files)
+        return df.select("*", *meta)
+    return spark.read.text(files).select("value", *meta)
+
+
+def execute(spark: SparkSession, settings: Settings, summary: Summary, input_root: str | None = None) -> Summary:
+    root = input_root or settings.raw_root
+    mappings = load_platforms()
+    listing = list_files(spark, root)
+    if lake.exists(spark, settings, INGEST_MANIFEST):
+        seen = {(r.source_file, r.size_bytes, r.modified_ms)
+                for r in lake.read(spark, settings, INGEST_MANIFEST).select("source_file", "size_bytes", "modified_ms").collect()}
+    else:
+        seen = set()
+    new = [f for f in listing if (f[2], f[3], f[4]) not in seen]
+    summary.count("files found", len(listing))
+    summary.count("files new", len(new))
+    if not new:
+        summary.note(f"no new files under {root}")
+        return summary
+    # The batch id is derived from the files, so a rerun after a crash reuses it.
+    batch_id = hashlib.sha256("\n".join(f"{p}|{s}|{m}" for _, _, p, s, m in new).encode()).hexdigest()[:16]
+    ingested_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    manifest_rows = []
+    for kind, table in KINDS.items():
+        frames = []
+        for platform in sorted({f[0] for f in new if f[1] == kind}):
+            files = [f[2] for f in new if f[0] == platform and f[1] == kind]
+            mapping: PlatformMapping | None = mappings.get(platform)
+            if mapping is None:
+                log.warning("ingest: %s has no mapping in conf/platforms; its %d file(s) go to bronze as text "
+                            "and will be quarantined as unknown_platform", platform, len(files))
+                fmt, header = "text", None
+            else:
+                fmt = mapping.format
+                part = mapping.events if kind == "events" else mapping.accounts
+                header = ",".join(part.columns) if fmt == "csv" and part.columns else None
+            log.info("ingest: reading %d %s file(s) of %s (%s)", len(files), kind, platform, fmt)
+            frames.append(to_bronze(_read(spark, files, fmt if fmt == "parquet" else "text"), platform, fmt,
+                                    batch_id, ingested_at, header))
+        if not frames:
+            continue
+        batch = frames[0]
+        for f in frames[1:]:
+            batch = batch.unionByName(f)
+        batch = batch.cache()
+        per_file = {r.source_file: r.n for r in batch.groupBy("source_file").agg(F.count("*").alias("n")).collect()}
+        version, inserted = lake.merge_insert(spark, settings, table, batch)
+        summary.count(f"{kind} records read", sum(per_file.values()))
+        summary.count(f"{kind} rows new in bronze", inserted)
+        summary.table(table.qualified, version)
+        batch.unpersist()
+        for platform, k, path, size, mtime in new:
+            if k == kind:
+                manifest_rows.append((path, platform, kind, size, mtime, per_file.get(path, 0), batch_id, ingested_at))
+    # The manifest is written last: a crash before it means the files are read again next
+    # time, and the keyed MERGE above inserts nothing twice.
+    manifest = select_contract(spark.createDataFrame(manifest_rows, INGEST_MANIFEST.schema), INGEST_MANIFEST)
+    summary.table(INGEST_MANIFEST.qualified, lake.merge_insert(spark, settings, INGEST_MANIFEST, manifest)[0])
+    summary.note(f"batch {batch_id}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(
+        "jobs.ingest", __doc__, argv, execute,
+        add_arguments=lambda p: p.add_argument("--input", default=None,
+                                               help="raw root with one folder per platform (default: lake.raw or <lake>/raw)"),
+        options=lambda a: {"input_root": a.input},
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Delta Lake I/O: create, register, read and write the tables declared in transforms.schemas.
+
+Every write here is idempotent: MERGE on the table's keys, or replaceWhere on the slice
+a run owns. Nothing appends blindly.
+"""
+from __future__ import annotations
+
+import logging
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+
+from jobs.config import Settings
+from transforms.schemas import Table
+
+log = logging.getLogger(__name__)
+
+
+def path_of(settings: Settings, table: Table) -> str:
+    return settings.table_path(table.layer, table.name)
+
+
+def exists(spark: SparkSession, settings: Settings, table: Table) -> bool:
+    return DeltaTable.isDeltaTable(spark, path_of(settings, table))
+
+
+def register(spark: SparkSession, settings: Settings, table: Table) -> None:
+    """Make ``<layer>.<name>`` resolvable in Spark SQL for this session."""
+    spark.sql(f"CREATE SCHEMA IF NOT EXISTS {table.layer}")
+    spark.sql(f"CREATE TABLE IF NOT EXISTS {table.qualified} USING DELTA LOCATION '{path_of(settings, table)}'")
+
+
+def ensure(spark: SparkSession, settings: Settings, table: Table) -> DeltaTable:
+    """Create the table (schema, partitioning, CHECK constraints) if it is not there yet."""
+    path = path_of(settings, table)
+    builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(table.schema)
+    if table.partition_by:
+        builder = builder.partitionedBy(*table.partition_by)
+    delta = builder.execute()
+    present = {
+        k.split(".")[-1] for k in delta.detail().select("properties").first()["properties"]
+        if k.startswith("delta.constraints.")
+    }
+    for name, expr in table.checks.items():
+        if name.lower() not in present:
+            spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {name} CHECK ({expr})")
+    register(spark, settings, table)
+    return delta
+
+
+def read(spark: SparkSession, settings: Settings, table: Table) -> DataFrame:
+    if not exists(spark, settings, table):
+        raise FileNotFoundError(
+            f"table {table.qualified} not found at {path_of(settings, table)}: run the job that writes it first"
+        )
+    return spark.read.format("delta").load(path_of(settings, table))
+
+
+def version(spark: SparkSession, settings: Settings, table: Table) -> int:
+    return DeltaTable.forPath(spark, path_of(settings, table)).history(1).first()["version"]
+
+
+def _last_metrics(delta: DeltaTable) -> tuple[int, dict]:
+    row = delta.history(1).first()
+    return row["version"], dict(row["operationMetrics"] or {})
+
+
+def merge_insert(spark: SparkSession, settings: Settings, table: Table, df: DataFrame) -> tuple[int, int]:
+    """Insert the rows whose keys are not in the table yet. Returns (version, rows inserted)."""
+    delta = ensure(spark, settings, table)
+    before, _ = _last_metrics(delta)
+    cond = " AND ".join(f"t.{k} = s.{k}" for k in table.keys)
+    delta.alias("t").merge(df.alias("s"), cond).whenNotMatchedInsertAll().execute()
+    after, metrics = _last_metrics(delta)
+    # A MERGE that inserts nothing commits nothing: the last commit is then an older one.
+    return after, int(metrics.get("numTargetRowsInserted", 0)) if after != before else 0
+
+
+def upsert(spark: SparkSession, settings: Settings, table: Table, df: DataFrame, changed: str | None = None) -> int:
+    """Insert new keys and update existing ones (only where ``changed`` holds, if given)."""
+    delta = ensure(spark, settings, table)
+    cond = " AND ".join(f"t.{k} = s.{k}" for k in table.keys)
+    merge = delta.alias("t").merge(df.alias("s"), cond)
+    merge = merge.whenMatchedUpdateAll(condition=changed) if changed else merge.whenMatchedUpdateAll()
+    merge.whenNotMatchedInsertAll().execute()
+    return _last_metrics(delta)[0]
+
+
+def replace_where(spark: SparkSession, settings: Settings, table: Table, df: DataFrame, where: str) -> int:
+    """Replace exactly the slice ``where`` selects with ``df`` (atomic, one commit)."""
+    ensure(spark, settings, table)
+    (df.write.format("delta").mode("overwrite").option("replaceWhere", where)
+       .save(path_of(settings, table)))
+    return version(spark, settings, table)
+
+
+def overwrite(spark: SparkSession, settings: Settings, table: Table, df: DataFrame) -> int:
+    """Replace the whole table in one commit (for small derived tables such as ground truth)."""
+    ensure(spark, settings, table)
+    df.write.format("delta").mode("overwrite").save(path_of(settings, table))
+    return version(spark, settings, table)

@@ -1,0 +1,43 @@
+"""Run every stage in one Spark session: generate (unless --input is given) -> ingest -> refine.
+
+This is what `make run` calls. Each stage prints its own summary; the pipeline ends with
+the table list and row counts.
+"""
+from __future__ import annotations
+
+import sys
+
+from pyspark.sql import SparkSession
+
+from jobs import generate, ingest, lake, refine
+from jobs.cli import Summary, run_job
+from jobs.config import Settings
+from transforms import schemas
+
+TABLES = (schemas.EVENTS_RAW, schemas.ACCOUNTS_RAW, schemas.EVENTS, schemas.QUARANTINE, schemas.IDENTITY_MAP)
+
+
+def execute(spark: SparkSession, settings: Settings, summary: Summary, input_root: str | None = None) -> Summary:
+    stages = [] if input_root else [("generate", generate.execute, {})]
+    stages += [("ingest", ingest.execute, {"input_root": input_root}), ("refine", refine.execute, {})]
+    for name, body, opts in stages:
+        print(body(spark, settings, Summary(f"pipeline/{name}"), **opts).render(), flush=True)
+    for table in TABLES:
+        if lake.exists(spark, settings, table):
+            summary.count(f"rows {table.qualified}", lake.read(spark, settings, table).count())
+            summary.table(table.qualified, lake.version(spark, settings, table))
+    summary.note(f"lake: {settings.lake_root}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(
+        "jobs.pipeline", __doc__, argv, execute,
+        add_arguments=lambda p: p.add_argument("--input", default=None,
+                                               help="raw exports root; when given, nothing is generated"),
+        options=lambda a: {"input_root": a.input},
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

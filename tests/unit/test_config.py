@@ -1,0 +1,88 @@
+import datetime as dt
+
+import pytest
+
+from jobs.config import ConfigError, PlatformMapping, load_platforms, load_settings
+
+
+def test_layers_and_overrides_apply_in_order():
+    # GIVEN base + local overlay WHEN a --set override is given THEN it wins, typed
+    s = load_settings("local", ["spark.shuffle_partitions=3", "generate.defect_rate=0.05"])
+    assert s.spark.master == "local[2]"          # from conf/local.yaml
+    assert s.spark.shuffle_partitions == 3       # from --set
+    assert s.generate.defect_rate == 0.05
+    assert s.as_of == dt.date(2026, 6, 30)
+
+
+def test_as_of_argument_overrides_config():
+    assert load_settings("local", as_of=dt.date(2026, 5, 1)).as_of == dt.date(2026, 5, 1)
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"spark\.shufle_partitions: Extra inputs are not permitted"):
+        load_settings("local", ["spark.shufle_partitions=3"])
+
+
+def test_bad_value_is_named():
+    with pytest.raises(ConfigError, match=r"generate\.defect_rate: Input should be less than or equal to 0\.5"):
+        load_settings("local", ["generate.defect_rate=0.9"])
+
+
+def test_unknown_env_lists_known_ones():
+    with pytest.raises(ConfigError, match=r"unknown --env 'prod'.*known: cluster, local"):
+        load_settings("prod")
+
+
+def test_set_needs_key_value():
+    with pytest.raises(ConfigError, match="--set expects key=value"):
+        load_settings("local", ["spark.master"])
+
+
+def test_base_currency_must_map_to_one():
+    with pytest.raises(ConfigError, match="fx_to_base must map the base currency CNY to 1.0"):
+        load_settings("local", ["refine.fx_to_base={CNY: 2.0}"])
+
+
+def test_lake_root_env_var_wins(monkeypatch, tmp_path):
+    monkeypatch.setenv("IPSYNERGY_LAKE_ROOT", str(tmp_path / "elsewhere"))
+    assert load_settings("local").lake_root == str(tmp_path / "elsewhere")
+
+
+def test_shipped_platform_mappings_are_valid():
+    mappings = load_platforms()
+    assert sorted(mappings) == ["globalearn", "ketang", "tingshu", "zhixue"]
+    assert {m.format for m in mappings.values()} == {"json", "csv", "parquet"}
+
+
+def _mapping(**over):
+    base = {
+        "name": "demo", "format": "csv",
+        "events": {"path": "events", "columns": ["id", "who", "what", "when"],
+                   "fields": {"source_event_id": "id", "account_id": "who", "event_type": "what", "event_ts": "when"},
+                   "timestamp": {"format": "epoch_s"}, "event_types": {"v": "view"}},
+        "accounts": {"path": "accounts", "columns": ["who"], "fields": {"account_id": "who"}},
+    }
+    base["events"].update(over)
+    return base
+
+
+def test_mapping_rejects_unknown_unified_field():
+    bad = _mapping(fields={"source_event_id": "id", "account_id": "who", "event_type": "what", "event_ts": "when",
+                           "colour": "id"})
+    with pytest.raises(ValueError, match=r"unknown fields \['colour'\]"):
+        PlatformMapping.model_validate(bad)
+
+
+def test_mapping_rejects_unknown_event_type_target():
+    with pytest.raises(ValueError, match="event_types.v"):
+        PlatformMapping.model_validate(_mapping(event_types={"v": "watch"}))
+
+
+def test_mapping_csv_fields_must_be_columns():
+    with pytest.raises(ValueError, match=r"columns not in 'columns': \['when'\]"):
+        PlatformMapping.model_validate(_mapping(columns=["id", "who", "what"]))
+
+
+def test_mapping_rejects_unknown_time_zone():
+    with pytest.raises(ValueError, match="unknown time zone 'Mars/Olympus'"):
+        PlatformMapping.model_validate(_mapping(timestamp={"format": "epoch_s", "timezone": "Mars/Olympus"}))

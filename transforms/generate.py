@@ -1,0 +1,420 @@
+"""Synthetic cross-platform logs with planted truth, built from ``spark.range`` (no driver loops).
+
+Every random draw is a hash of (seed, salt, ids), so the output depends on the seed and the
+sizes only, never on partitioning or on how many executors ran it. Behind the logs:
+
+* each person has a persona (activity, spend, social, completion, platforms used);
+* each creator has a quality q in [0.1, 0.95] that drives completion, social actions,
+  purchase conversion and (inversely) refunds;
+* each platform has a promotion strength e that drives how often its recommendations are
+  shown and clicked, and how much recommended reads convert.
+
+The four exporters below produce the raw shapes that ``conf/platforms/*.yaml`` describe.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs.config import GenerateSettings
+
+CATEGORIES = ("finance", "career", "tech", "parenting", "culture", "health")
+PRICE_CNY = {"finance": 199.0, "career": 99.0, "tech": 129.0, "parenting": 49.0, "culture": 29.0, "health": 39.0}
+
+
+@dataclass(frozen=True)
+class Persona:
+    name: str
+    share: float
+    sessions: float          # mean sessions per person over the whole period
+    platforms: int           # accounts held
+    spend: float             # purchase propensity multiplier
+    social: float            # like/comment/share/follow multiplier
+    completion: float        # completion propensity
+    rec_affinity: float      # how much the person browses recommendations
+    active_share: float      # share of the period the person is active (from the start)
+    categories: tuple[str, str]
+
+
+PERSONAS = (
+    Persona("casual_browsers", 0.35, 10, 1, 0.15, 0.3, 0.25, 0.9, 1.0, ("culture", "health")),
+    Persona("power_learners", 0.20, 90, 2, 0.7, 0.4, 0.95, 0.3, 1.0, ("tech", "career")),
+    Persona("big_spenders", 0.15, 30, 2, 4.0, 0.2, 0.6, 0.5, 1.0, ("finance", "career")),
+    Persona("social_fans", 0.15, 45, 4, 0.4, 3.0, 0.5, 0.6, 1.0, ("culture", "parenting")),
+    Persona("lapsed", 0.15, 14, 1, 0.3, 0.2, 0.4, 0.5, 0.25, ("finance", "health")),
+)
+
+
+@dataclass(frozen=True)
+class PlatformModel:
+    name: str
+    promotion: float         # planted promotion strength e
+    popularity: float        # weight when a person picks platforms
+    audio: bool              # reads are plays rather than views
+    account_prefix: str
+
+
+PLATFORM_MODELS = (
+    PlatformModel("zhixue", 0.85, 1.0, False, "zx_"),
+    PlatformModel("ketang", 0.60, 0.8, False, "KT-"),
+    PlatformModel("tingshu", 0.40, 0.9, True, ""),
+    PlatformModel("globalearn", 0.20, 0.5, False, "g"),
+)
+
+# Defects each exporter can carry (exact duplicates and replays apply to every platform).
+DEFECTS = {
+    "zhixue": ("malformed", "missing_field", "bad_type", "bad_timestamp", "future_timestamp",
+               "unknown_event_type", "negative_amount"),
+    "tingshu": ("malformed", "missing_field", "bad_type", "bad_timestamp", "future_timestamp",
+                "unknown_event_type", "negative_amount"),
+    "ketang": ("missing_field", "bad_timestamp", "future_timestamp", "unknown_event_type",
+               "unknown_currency", "negative_amount"),
+    "globalearn": ("malformed", "missing_field", "bad_type", "bad_timestamp", "future_timestamp",
+                   "unknown_event_type", "unknown_currency", "negative_amount"),
+}
+DUPLICATE_KINDS = ("duplicate", "replay")
+
+# Unified type -> the code each exporter writes (the inverse of the mapping files).
+EXPORT_CODES = {
+    "zhixue": {"impression": "expose", "click": "tap", "view": "open", "play": "listen", "complete": "finish",
+               "like": "zan", "comment": "reply", "share": "forward", "follow": "follow", "purchase": "buy",
+               "subscribe": "vip", "refund": "refund"},
+    "tingshu": {"impression": "show", "click": "hit", "view": "enter", "play": "play", "complete": "played_through",
+                "like": "thumb", "comment": "comment", "share": "share", "follow": "subscribe_anchor",
+                "purchase": "pay", "subscribe": "member", "refund": "refund"},
+    "ketang": {"impression": "rec_impression", "click": "rec_click", "view": "course_view", "play": "video_play",
+               "complete": "lesson_complete", "like": "like", "comment": "comment", "share": "share",
+               "follow": "follow_teacher", "purchase": "order_paid", "subscribe": "membership",
+               "refund": "order_refund"},
+    "globalearn": {t: t for t in ("impression", "click", "view", "play", "complete", "like", "comment", "share",
+                                  "follow", "purchase", "refund")} | {"subscribe": "subscription"},
+}
+TINGSHU_COLUMNS = ("record_id", "member_id", "album_id", "anchor_id", "genre", "action", "event_time",
+                   "play_seconds", "progress_pct", "price_yuan", "from_feed", "campaign", "session")
+TINGSHU_ACCOUNT_COLUMNS = ("member_id", "phone", "email", "unionid")
+FX_EXPORT = {"USD": 7.1, "HKD": 0.91}
+
+
+class Draw:
+    """Deterministic uniforms in [0, 1) from hashes of the seed, a salt and id columns."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def __call__(self, salt: str, *cols: Column | str) -> Column:
+        h = F.xxhash64(F.lit(self.seed), F.lit(salt), *[F.col(c) if isinstance(c, str) else c for c in cols])
+        return F.pmod(h, F.lit(2_147_483_647)) / F.lit(2_147_483_647.0)
+
+
+def _pick(u: Column, options: tuple[str, ...]) -> Column:
+    """The option at floor(u * len(options))."""
+    arr = F.array(*[F.lit(o) for o in options])
+    return F.element_at(arr, (F.floor(u * len(options)) + 1).cast("int"))
+
+
+def people(spark: SparkSession, cfg: GenerateSettings) -> DataFrame:
+    """One row per person: persona, persona parameters, and the platforms the person uses."""
+    u = Draw(cfg.seed)
+    df = spark.range(cfg.users).withColumnRenamed("id", "person_id")
+    pick = u("persona", "person_id")
+    persona = F.lit(PERSONAS[-1].name)
+    edge = 0.0
+    bounds = []
+    for p in PERSONAS:
+        edge += p.share
+        bounds.append((edge, p))
+    for upper, p in reversed(bounds):
+        persona = F.when(pick < upper, F.lit(p.name)).otherwise(persona)
+    df = df.withColumn("persona", persona)
+    for attr in ("sessions", "platforms", "spend", "social", "completion", "rec_affinity", "active_share"):
+        expr = F.lit(None)
+        for p in PERSONAS:
+            expr = F.when(F.col("persona") == p.name, F.lit(getattr(p, attr))).otherwise(expr)
+        df = df.withColumn(attr, expr)
+    cat_a = F.lit(None)
+    cat_b = F.lit(None)
+    for p in PERSONAS:
+        cat_a = F.when(F.col("persona") == p.name, F.lit(p.categories[0])).otherwise(cat_a)
+        cat_b = F.when(F.col("persona") == p.name, F.lit(p.categories[1])).otherwise(cat_b)
+    scored = F.array(*[
+        F.struct((u(f"plat_{m.name}", "person_id") * m.popularity).alias("score"), F.lit(m.name).alias("platform"))
+        for m in PLATFORM_MODELS
+    ])
+    ranked = F.sort_array(scored, asc=False)
+    return (df.withColumn("cat_a", cat_a).withColumn("cat_b", cat_b)
+              .withColumn("platform_list", F.transform(F.slice(ranked, 1, F.col("platforms").cast("int")),
+                                                       lambda s: s["platform"])))
+
+
+def accounts(spark: SparkSession, cfg: GenerateSettings, persons: DataFrame) -> DataFrame:
+    """One row per (person, platform): the account id and the person's identifiers, if shared."""
+    u = Draw(cfg.seed)
+    df = persons.select("person_id", "persona", F.explode("platform_list").alias("platform"))
+    phone_digits = (F.lit(13_000_000_000) + F.pmod(F.col("person_id") * 7919, F.lit(1_000_000_000))).cast("string")
+    email = F.concat(F.lit("l"), F.substring(F.sha2(F.col("person_id").cast("string"), 256), 1, 16),
+                     F.lit("@mail.example.com"))
+    union_id = F.concat(F.lit("oU"), F.substring(F.sha2(F.concat(F.lit("u"), F.col("person_id").cast("string")), 256), 1, 26))
+    has_phone = u("has_phone", "person_id", "platform") < 0.75
+    has_email = u("has_email", "person_id", "platform") < 0.55
+    has_union = (u("has_union", "person_id", "platform") < 0.5) & (F.col("platform") != "globalearn")
+    has_phone = has_phone | ~(has_email | has_union)
+    prefix = F.lit("")
+    for m in PLATFORM_MODELS:
+        prefix = F.when(F.col("platform") == m.name, F.lit(m.account_prefix)).otherwise(prefix)
+    account_id = F.concat(prefix, F.substring(F.sha2(F.concat_ws(":", "platform", F.col("person_id").cast("string")), 256), 1, 12))
+    return df.select(
+        "platform", account_id.alias("account_id"), "person_id", "persona",
+        F.when(has_phone, phone_digits).alias("phone"),
+        F.when(has_email, email).alias("email"),
+        F.when(has_union, union_id).alias("union_id"),
+    )
+
+
+def creators(spark: SparkSession, cfg: GenerateSettings) -> DataFrame:
+    u = Draw(cfg.seed)
+    df = spark.range(cfg.creators).withColumnRenamed("id", "creator_idx")
+    present = F.array(*[
+        F.when((u(f"on_{m.name}", "creator_idx") < 0.6) | (F.pmod("creator_idx", F.lit(len(PLATFORM_MODELS))) == i),
+               F.lit(m.name))
+        for i, m in enumerate(PLATFORM_MODELS)
+    ])
+    return df.select(
+        F.concat(F.lit("c"), F.lpad(F.col("creator_idx").cast("string"), 5, "0")).alias("creator_id"),
+        (F.lit(0.1) + F.lit(0.85) * u("quality", "creator_idx")).alias("quality"),
+        _pick(u("category", "creator_idx"), CATEGORIES).alias("category"),
+        F.filter(present, lambda p: p.isNotNull()).alias("platforms"),
+    )
+
+
+def items(cfg: GenerateSettings, creators_df: DataFrame) -> DataFrame:
+    """Content per (platform, creator): what sessions pick from, indexed within (platform, category)."""
+    from pyspark.sql import Window
+
+    u = Draw(cfg.seed)
+    df = (creators_df.select("creator_id", "quality", "category", F.explode("platforms").alias("platform"))
+          .withColumn("n", F.explode(F.sequence(F.lit(1), F.lit(cfg.items_per_creator)))))
+    price = F.lit(0.0)
+    for cat, p in PRICE_CNY.items():
+        price = F.when(F.col("category") == cat, F.lit(p)).otherwise(price)
+    w = Window.partitionBy("platform", "category").orderBy("content_id")
+    return (df.withColumn("content_id", F.concat_ws("-", "platform", "creator_id", F.col("n").cast("string")))
+              .withColumn("price", F.round(price * (F.lit(0.5) + u("price", "content_id")), 1))
+              .withColumn("length_s", F.lit(300) + F.floor(u("length", "content_id") * 3300))
+              .withColumn("idx", F.row_number().over(w) - 1)
+              .select("platform", "category", "idx", "content_id", "creator_id", "quality", "price", "length_s"))
+
+
+def sessions(spark: SparkSession, cfg: GenerateSettings, persons: DataFrame, items_df: DataFrame) -> DataFrame:
+    """One row per session: who, where, when, which item, and the draws that decide its events."""
+    u = Draw(cfg.seed)
+    mean_sessions = sum(p.share * p.sessions for p in PERSONAS)
+    scale = cfg.sessions / (cfg.users * mean_sessions)
+    n = F.greatest(F.lit(1), F.round(F.col("sessions") * scale * (F.lit(0.5) + u("n", "person_id")))).cast("int")
+    df = persons.withColumn("s", F.explode(F.sequence(F.lit(1), n)))
+    df = df.withColumn("sid", F.col("person_id") * (1 << 20) + F.col("s"))
+    df = df.withColumn("platform", F.element_at("platform_list", (F.floor(u("which_platform", "sid") * F.size("platform_list")) + 1).cast("int")))
+    category = F.when(u("cat_pref", "sid") < 0.75,
+                      F.when(u("cat_ab", "sid") < 0.5, F.col("cat_a")).otherwise(F.col("cat_b"))) \
+                .otherwise(_pick(u("cat_any", "sid"), CATEGORIES))
+    df = df.withColumn("category", category)
+    counts = {(r["platform"], r["category"]): r["n"] for r in items_df.groupBy("platform", "category").agg(F.count("*").alias("n")).collect()}
+    n_items = F.lit(0)
+    for (plat, cat), cnt in counts.items():
+        n_items = F.when((F.col("platform") == plat) & (F.col("category") == cat), F.lit(cnt)).otherwise(n_items)
+    df = df.withColumn("idx", F.floor(u("item", "sid") * n_items).cast("long"))
+    promotion = F.lit(0.0)
+    for m in PLATFORM_MODELS:
+        promotion = F.when(F.col("platform") == m.name, F.lit(m.promotion)).otherwise(promotion)
+    day = F.floor(u("day", "sid") * F.lit(cfg.days) * F.col("active_share")).cast("int")
+    start = dt.datetime.combine(cfg.start_date, dt.time()).replace(tzinfo=dt.timezone.utc)
+    t0 = F.lit(int(start.timestamp())) + day * 86400 + F.floor(u("time", "sid") * 86000)
+    return (df.withColumn("promotion", promotion)
+              .withColumn("t0", t0)
+              .join(F.broadcast(items_df), on=["platform", "category", "idx"], how="inner"))
+
+
+def events(cfg: GenerateSettings, sessions_df: DataFrame) -> DataFrame:
+    """Expand sessions into unified events (true values, before any exporter or defect)."""
+    u = Draw(cfg.seed)
+    q, e = F.col("quality"), F.col("promotion")
+
+    def clamp(x: Column) -> Column:
+        return F.least(F.greatest(x, F.lit(0.0)), F.lit(0.97))
+
+    rec = u("rec", "sid") < clamp(0.15 + 0.7 * e * F.col("rec_affinity"))
+    click = rec & (u("click", "sid") < clamp(0.05 + 0.6 * e))
+    read = ~rec | click
+    audio = F.col("platform") == "tingshu"
+    read_type = F.when(audio | (u("play", "sid") < 0.35), F.lit("play")).otherwise(F.lit("view"))
+    complete = read & (u("complete", "sid") < clamp(0.05 + 0.45 * q + 0.4 * F.col("completion") * q))
+    progress = F.when(complete, F.lit(1.0)).otherwise(F.round(u("progress", "sid") * 0.9, 3))
+    duration = F.round(progress * F.col("length_s"))
+    social = F.col("social")
+    like = read & (u("like", "sid") < clamp(0.01 + 0.25 * q * social))
+    comment = read & (u("comment", "sid") < clamp(0.005 + 0.06 * q * social))
+    share = read & (u("share", "sid") < clamp(0.005 + 0.08 * q * social))
+    follow = read & (u("follow", "sid") < clamp(0.002 + 0.04 * q * social))
+    rec_lift = F.when(rec, F.lit(1.0) + 1.5 * e).otherwise(F.lit(1.0))
+    purchase = read & (u("purchase", "sid") < clamp(0.01 * F.col("spend") + 0.15 * q * F.col("spend") * rec_lift * 0.5))
+    subscribe = read & (u("subscribe", "sid") < clamp(0.004 * F.col("spend") * (0.5 + F.col("completion"))))
+    refund = purchase & (u("refund", "sid") < clamp(0.35 * (1 - q)))
+    price = F.col("price") * F.when(F.col("spend") > 2, F.lit(1.5)).otherwise(F.lit(1.0))
+
+    def ev(k: int, cond: Column, etype: Column | str, offset: Column | int, amount=None, prog=None, dur=None) -> Column:
+        return F.when(cond, F.struct(
+            F.lit(k).alias("k"), (F.lit(etype) if isinstance(etype, str) else etype).alias("event_type"),
+            (F.col("t0") + offset).cast("long").alias("ts"),
+            (amount if amount is not None else F.lit(None).cast("double")).cast("double").alias("amount_cny"),
+            (prog if prog is not None else F.lit(None).cast("double")).cast("double").alias("progress"),
+            (dur if dur is not None else F.lit(None).cast("double")).cast("double").alias("duration_s"),
+        ))
+
+    arr = F.array(
+        ev(0, rec, "impression", 0),
+        ev(1, click, "click", 4),
+        ev(2, read, read_type, 9, prog=progress, dur=duration),
+        ev(3, complete, "complete", F.col("length_s") + 10, prog=F.lit(1.0), dur=F.col("length_s")),
+        ev(4, like, "like", duration + 12),
+        ev(5, comment, "comment", duration + 20),
+        ev(6, share, "share", duration + 25),
+        ev(7, follow, "follow", duration + 30),
+        ev(8, purchase, "purchase", 60, amount=price),
+        ev(9, subscribe, "subscribe", 70, amount=F.lit(30.0)),
+        ev(10, refund, "refund", 3600, amount=-price),
+    )
+    campaign = F.when(u("campaign", "sid") < 0.05,
+                      F.concat(F.lit("cmp-"), F.col("creator_id"), F.lit("-"), (F.floor((F.col("t0") / 86400) / 30)).cast("string")))
+    df = sessions_df.withColumn("ev", F.explode(F.filter(arr, lambda x: x.isNotNull())))
+    return df.select(
+        "platform", "person_id", "sid", (F.col("sid") * 16 + F.col("ev.k")).alias("event_num"),
+        "content_id", "creator_id", "category",
+        F.col("ev.event_type").alias("event_type"), F.col("ev.ts").alias("ts_epoch"),
+        F.col("ev.amount_cny").alias("amount_cny"), F.col("ev.progress").alias("progress"),
+        F.col("ev.duration_s").alias("duration_s"), rec.alias("is_recommended"), campaign.alias("campaign_id"),
+    )
+
+
+def build(spark: SparkSession, cfg: GenerateSettings) -> dict[str, DataFrame]:
+    """All generated frames: persons, accounts, creators, items and unified events with account ids."""
+    persons = people(spark, cfg)
+    accts = accounts(spark, cfg, persons)
+    creators_df = creators(spark, cfg)
+    items_df = items(cfg, creators_df)
+    evs = events(cfg, sessions(spark, cfg, persons, items_df)).join(
+        accts.select("platform", "person_id", "account_id"), on=["platform", "person_id"], how="inner")
+    return {"persons": persons, "accounts": accts, "creators": creators_df, "items": items_df, "events": evs}
+
+
+def with_defects(cfg: GenerateSettings, platform: str, df: DataFrame) -> DataFrame:
+    """Add ``defect`` (null for clean records) and ``copy`` (0, or 1 for the duplicated copy)."""
+    u = Draw(cfg.seed)
+    kinds = DEFECTS[platform] + DUPLICATE_KINDS
+    hit = u("defect", "event_num") < cfg.defect_rate
+    df = df.withColumn("defect", F.when(hit, _pick(u("defect_kind", "event_num"), kinds)))
+    dup = F.col("defect").isin(*DUPLICATE_KINDS)
+    return df.withColumn("copy", F.explode(F.when(dup, F.array(F.lit(0), F.lit(1))).otherwise(F.array(F.lit(0)))))
+
+
+def _local(ts_epoch: Column, zone: str, pattern: str) -> Column:
+    return F.date_format(F.from_utc_timestamp(F.timestamp_seconds(ts_epoch), zone), pattern)
+
+
+def export_events(cfg: GenerateSettings, platform: str, df: DataFrame) -> DataFrame:
+    """Shape unified events as the platform's exporter writes them.
+
+    Returns ``file_idx``, ``ord`` and either one ``value`` text column (json/csv) or the
+    typed columns of the Parquet export.
+    """
+    d = F.col("defect")
+    codes = EXPORT_CODES[platform]
+    code = F.lit(None).cast("string")
+    for unified, c in codes.items():
+        code = F.when(F.col("event_type") == unified, F.lit(c)).otherwise(code)
+    code = F.when(d == "unknown_event_type", F.lit("mystery_action")).otherwise(code)
+    code = F.when(d == "negative_amount", F.lit(codes["purchase"])).otherwise(code)
+    amount_cny = F.when(d == "negative_amount", -F.abs(F.coalesce(F.col("amount_cny"), F.lit(0.0))) - 1).otherwise(F.col("amount_cny"))
+    ts = F.when(d == "future_timestamp", F.col("ts_epoch") + 400 * 86400).otherwise(F.col("ts_epoch"))
+    account = F.when(d == "missing_field", F.lit(None)).otherwise(F.col("account_id"))
+    files = cfg.files_per_platform
+    base_file = F.pmod(F.xxhash64(F.lit(cfg.seed), F.col("sid")), F.lit(files))
+    file_idx = F.when((d == "replay") & (F.col("copy") == 1), F.pmod(base_file + 1, F.lit(files))).otherwise(base_file)
+    out = df.withColumn("file_idx", file_idx).withColumn("ord", F.struct("ts_epoch", "event_num", "copy"))
+    dur = F.when(d == "bad_type", F.lit("abc")).otherwise(F.col("duration_s").cast("string"))
+
+    if platform == "zhixue":
+        ts_text = F.when(d == "bad_timestamp", F.lit("not-a-time")).otherwise((ts * 1000).cast("string"))
+        rec = F.struct(
+            F.concat(F.lit("zx-"), F.col("event_num").cast("string")).alias("eid"),
+            F.struct(account.alias("uid")).alias("user"),
+            F.struct(F.col("content_id").alias("id"), F.col("creator_id").alias("author"), F.col("category").alias("cat")).alias("item"),
+            code.alias("act"), ts_text.alias("ts"), dur.alias("dur"), F.col("progress").alias("prog"),
+            F.round(amount_cny * 100).cast("long").alias("amt"),
+            F.col("is_recommended").cast("int").alias("rec"), F.col("campaign_id").alias("cmp"),
+            F.concat(F.lit("s"), F.col("sid").cast("string")).alias("sid"),
+        )
+        full = F.to_json(rec)
+    elif platform == "globalearn":
+        ts_text = F.when(d == "bad_timestamp", F.lit("13/45/2026 99:99:99")).otherwise(_local(ts, "America/Los_Angeles", "MM/dd/yyyy HH:mm:ss"))
+        cur = F.when(d == "unknown_currency", F.lit("XYZ")).otherwise(F.lit("USD"))
+        rec = F.struct(
+            F.concat(F.lit("ge"), F.col("event_num").cast("string")).alias("id"), account.alias("user_id"),
+            F.col("content_id").alias("content"), F.col("creator_id").alias("creator"), F.col("category").alias("topic"),
+            code.alias("type"), ts_text.alias("time"), dur.alias("seconds"), F.col("progress").alias("pct_done"),
+            F.round(amount_cny / FX_EXPORT["USD"] * 100).cast("long").alias("cents"), cur.alias("cur"),
+            F.col("is_recommended").alias("via_rec"), F.col("campaign_id").alias("promo"),
+            F.col("sid").cast("string").alias("visit"),
+        )
+        full = F.to_json(rec)
+    elif platform == "tingshu":
+        ts_text = F.when(d == "bad_timestamp", F.lit("2026-02-30 25:61:00")).otherwise(_local(ts, "Asia/Shanghai", "yyyy-MM-dd HH:mm:ss"))
+        cols = [
+            F.concat(F.lit("TS"), F.col("event_num").cast("string")), account, F.col("content_id"), F.col("creator_id"),
+            F.col("category"), code, ts_text, dur, F.round(F.col("progress") * 100, 1).cast("string"),
+            F.when(amount_cny.isNotNull(), F.format_string("%.2f", amount_cny)), F.when(F.col("is_recommended"), F.lit("Y")).otherwise(F.lit("N")),
+            F.col("campaign_id"), F.col("sid").cast("string"),
+        ]
+        full = F.concat_ws(",", *[F.regexp_replace(F.coalesce(c.cast("string"), F.lit("")), ",", "") for c in cols])
+    else:  # ketang: typed Parquet
+        currency = F.when(F.pmod(F.col("person_id"), F.lit(10)) < 3, F.lit("HKD")).otherwise(F.lit("CNY"))
+        currency = F.when(d == "unknown_currency", F.lit("XYZ")).otherwise(currency)
+        amount_src = F.when(currency == "HKD", amount_cny / FX_EXPORT["HKD"]).otherwise(amount_cny)
+        ts_val = F.when(d == "bad_timestamp", F.timestamp_seconds(F.lit(0))).otherwise(F.timestamp_seconds(ts))
+        return out.select(
+            "file_idx", "ord",
+            F.col("event_num").alias("event_id"), account.alias("account"), F.col("content_id").alias("course_id"),
+            F.col("creator_id").alias("teacher_id"), F.col("category").alias("subject"), code.alias("event_name"),
+            ts_val.alias("event_time"), F.col("duration_s").alias("watch_s"), F.col("progress").alias("progress"),
+            F.round(amount_src * 100).cast("long").alias("amount_minor"), currency.alias("currency"),
+            F.col("is_recommended").alias("recommended"), F.col("campaign_id").alias("campaign_id"),
+            F.col("sid").alias("visit_id"),
+        )
+    # A malformed record is a line cut short (a torn write).
+    cut = F.expr("substring(value_full, 1, int(length(value_full) / 2))")
+    return (out.withColumn("value_full", full)
+               .select("file_idx", "ord", F.when(d == "malformed", cut).otherwise(F.col("value_full")).alias("value")))
+
+
+def source_event_id(platform: str) -> Column:
+    """The id the exporter writes for ``event_num`` (used to label planted defects)."""
+    prefix = {"zhixue": "zx-", "globalearn": "ge", "tingshu": "TS", "ketang": ""}[platform]
+    return F.concat(F.lit(prefix), F.col("event_num").cast("string"))
+
+
+def export_accounts(platform: str, df: DataFrame) -> DataFrame:
+    """Account export rows (json/csv: ``value`` text; parquet: typed columns)."""
+    phone = F.col("phone")
+    if platform == "zhixue":
+        phone = F.concat(F.lit("+86 "), F.substring(phone, 1, 3), F.lit("-"), F.substring(phone, 4, 4), F.lit("-"), F.substring(phone, 8, 4))
+        return df.select(F.to_json(F.struct(F.col("account_id").alias("uid"), F.when(F.col("phone").isNotNull(), phone).alias("mobile"),
+                                            F.col("email").alias("mail"), F.col("union_id").alias("wx_union"))).alias("value"), "account_id")
+    if platform == "globalearn":
+        return df.select(F.to_json(F.struct(F.col("account_id").alias("user_id"), F.upper("email").alias("email"),
+                                            F.concat(F.lit("+86-"), phone).alias("phone"))).alias("value"), "account_id")
+    if platform == "tingshu":
+        cols = [F.col("account_id"), phone, F.concat(F.lit(" "), F.col("email"), F.lit(" ")), F.col("union_id")]
+        return df.select(F.concat_ws(",", *[F.coalesce(c, F.lit("")) for c in cols]).alias("value"), "account_id")
+    return df.select(F.col("account_id").alias("account"), F.concat(F.lit("+86"), phone).alias("phone_number"),
+                     F.col("email").alias("email_address"), "union_id", "account_id")
