@@ -55,7 +55,9 @@ def refresh_identity(spark: SparkSession, settings: Settings, summary: Summary, 
     platforms = [r.platform for r in raw.select("platform").distinct().collect()]
     parsed = _union([refine.parse_accounts(raw.where(F.col("platform") == p), mappings[p]) if p in mappings
                      else refine.unknown_platform(raw.where(F.col("platform") == p)) for p in platforms]).cache()
-    bad = select_contract(parsed.where(F.size("reasons") > 0), QUARANTINE)
+    # Account records hold raw PII, which must not reach silver: a rejected one is quarantined
+    # with its reasons and its bronze location (source_file, source_position), not its text.
+    bad = select_contract(parsed.where(F.size("reasons") > 0).withColumn("raw", F.lit(None).cast("string")), QUARANTINE)
     lake.merge_insert(spark, settings, QUARANTINE, bad)
     good = parsed.where(F.size("reasons") == 0).select("platform", "account_id", "phone", "email", "union_id")
     edges = identity.identifier_edges(good, key)

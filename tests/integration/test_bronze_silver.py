@@ -1,0 +1,138 @@
+"""generate -> ingest -> refine on a small generated lake, run twice."""
+import hashlib
+import re
+from pathlib import Path
+
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import functions as F
+
+from jobs import generate, ingest, lake, refine
+from jobs.cli import Summary
+from tests.conftest import make_settings
+from transforms import generate as gen
+from transforms.schemas import ACCOUNTS_RAW, EVENTS, EVENTS_RAW, IDENTITY_MAP, QUARANTINE, REFINE_LOG, TRUTH_ACCOUNTS, TRUTH_DEFECTS
+
+SMALL = ["generate.users=150", "generate.creators=24", "generate.sessions=2500", "generate.defect_rate=0.04"]
+
+
+def _files(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith((".", "_"))}
+
+
+@pytest.fixture(scope="module")
+def run(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("it") / "lake"
+    settings = make_settings(root, *SMALL)
+    generate.execute(spark, settings, Summary("generate"))
+    ingest.execute(spark, settings, Summary("ingest"))
+    first = refine.execute(spark, settings, Summary("refine"))
+    snapshot = {t.qualified: lake.read(spark, settings, t).cache() for t in (EVENTS, QUARANTINE, IDENTITY_MAP, EVENTS_RAW)}
+    for df in snapshot.values():
+        df.count()
+    return settings, first, snapshot
+
+
+def test_reconciliation_holds_exactly(spark, run):
+    settings, first, _ = run
+    bronze = lake.read(spark, settings, EVENTS_RAW).count()
+    silver = lake.read(spark, settings, EVENTS).count()
+    quarantined = lake.read(spark, settings, QUARANTINE).where(F.col("source_file").contains("/events/")).count()
+    logged = lake.read(spark, settings, REFINE_LOG).agg(F.sum("records_read"), F.sum("new_rows"),
+                                                         F.sum("quarantined"), F.sum("duplicates")).first()
+    assert bronze > 4000
+    assert tuple(logged) == (bronze, silver, quarantined, bronze - silver - quarantined)
+    assert first.counts["records read"] == bronze
+
+
+def test_each_planted_defect_lands_in_quarantine_with_its_reason(spark, run):
+    settings, first, _ = run
+    truth = lake.read(spark, settings, TRUTH_DEFECTS)
+    planted = {(r.platform, r.defect): r.n for r in truth.groupBy("platform", "defect").agg(F.count("*").alias("n")).collect()}
+    q = lake.read(spark, settings, QUARANTINE).where(F.col("source_file").contains("/events/"))
+    found = {(r.platform, r.reason): r.n for r in
+             q.select("platform", F.explode("reasons").alias("reason")).groupBy("platform", "reason")
+              .agg(F.count("*").alias("n")).collect()}
+    expected = {k: v for k, v in planted.items() if k[1] not in gen.DUPLICATE_KINDS}
+    assert found == expected
+    # every defect class the generator knows was planted at least once somewhere
+    assert {d for _, d in planted} == {d for kinds in gen.DEFECTS.values() for d in kinds} | set(gen.DUPLICATE_KINDS)
+    dup_planted = sum(v for k, v in planted.items() if k[1] in gen.DUPLICATE_KINDS)
+    assert first.counts["duplicates dropped"] == dup_planted
+
+
+def test_silver_is_unique_on_event_key_and_within_constraints(spark, run):
+    settings, _, _ = run
+    ev = lake.read(spark, settings, EVENTS)
+    assert ev.count() == ev.select("event_key").distinct().count()
+    assert ev.where("event_type <> 'refund' AND amount < 0").count() == 0
+    assert spark.sql("select count(*) from silver.events").first()[0] == ev.count()
+
+
+def test_identity_joins_exactly_the_accounts_that_share_identifiers(spark, run):
+    settings, _, _ = run
+    idm = lake.read(spark, settings, IDENTITY_MAP)
+    truth = lake.read(spark, settings, TRUTH_ACCOUNTS)
+    joined = idm.join(truth, ["platform", "account_id"], "inner")
+    assert joined.count() == truth.count() == idm.count()
+    # no user id spans two planted people (identifiers are unique per person)
+    assert joined.groupBy("user_id").agg(F.countDistinct("person_id").alias("n")).where("n > 1").count() == 0
+    # and people with several accounts do get stitched: fewer user ids than accounts
+    assert idm.select("user_id").distinct().count() < idm.count()
+
+
+def test_no_raw_pii_in_silver(spark, run):
+    settings, _, _ = run
+    # GIVEN the identifiers exactly as the platforms exported them (bronze keeps records as received)
+    raw = " ".join(r.raw for r in lake.read(spark, settings, ACCOUNTS_RAW).collect())
+    phones = {re.sub(r"[^0-9]", "", p)[-11:] for p in re.findall(r"(?<![0-9A-Za-z])(?:\+86[ -]?)?1[3-9][0-9][ -]?[0-9]{4}[ -]?[0-9]{4}(?![0-9A-Za-z])", raw)}
+    emails = {e.strip().lower() for e in re.findall(r"[A-Za-z0-9.]+@[A-Za-z.]+", raw)}
+    unions = set(re.findall(r"oU[0-9a-f]{26}", raw))
+    assert len(phones) > 50 and len(emails) > 50 and len(unions) > 20
+    phone_re = re.compile(r"(?<![0-9])(" + "|".join(sorted(phones)) + r")(?![0-9])")
+    # THEN none of them appears in any string of any silver table
+    for table in (EVENTS, IDENTITY_MAP, QUARANTINE, REFINE_LOG):
+        df = lake.read(spark, settings, table)
+        strings = [f.name for f in df.schema.fields if f.dataType.simpleString() == "string"]
+        for row in df.select(*strings).collect():
+            text = "|".join(v for v in row if v).lower()
+            assert not phone_re.search(text), (table.qualified, text)
+            assert not any(e in text for e in emails), (table.qualified, text)
+            assert not any(u.lower() in text for u in unions), (table.qualified, text)
+
+
+def test_same_seed_gives_identical_raw_files(spark, run, tmp_path):
+    settings, _, _ = run
+    other = make_settings(tmp_path / "lake2", *SMALL)
+    generate.execute(spark, other, Summary("generate"))
+    a, b = _files(Path(settings.raw_root)), _files(Path(other.raw_root))
+    assert len(a) == 12 and a == b  # 2 event files + 1 account file per platform
+
+
+def test_second_run_changes_nothing(spark, run):
+    settings, _, snapshot = run
+    again_ingest = ingest.execute(spark, settings, Summary("ingest"))
+    again_refine = refine.execute(spark, settings, Summary("refine"))
+    assert again_ingest.counts["files new"] == 0
+    assert "records read" not in again_refine.counts
+    for table in (EVENTS, QUARANTINE, IDENTITY_MAP, EVENTS_RAW):
+        assert_df_equality(lake.read(spark, settings, table), snapshot[table.qualified], ignore_row_order=True)
+
+
+def test_replayed_files_add_nothing(spark, run, tmp_path):
+    # GIVEN the same export delivered again under a new name (a replayed batch)
+    settings, _, snapshot = run
+    src = Path(settings.raw_root) / "zhixue" / "events" / "part-00000.jsonl"
+    replay = Path(settings.raw_root) / "zhixue" / "events" / "replay-part-00000.jsonl"
+    replay.write_bytes(src.read_bytes())
+    try:
+        s = ingest.execute(spark, settings, Summary("ingest"))
+        r = refine.execute(spark, settings, Summary("refine"))
+        # THEN every record is read, none is new in silver
+        assert s.counts["files new"] == 1
+        assert r.counts["new silver rows"] == 0
+        assert r.counts["records read"] == r.counts["duplicates dropped"] + r.counts["quarantined"]
+        assert_df_equality(lake.read(spark, settings, EVENTS), snapshot[EVENTS.qualified], ignore_row_order=True)
+    finally:
+        replay.unlink()

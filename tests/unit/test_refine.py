@@ -1,0 +1,122 @@
+"""refine.parse_events on tiny hand-built bronze rows: each defect class gets its reason,
+valid rows get the unified values worked out by hand."""
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from chispa import assert_df_equality
+
+from jobs.config import PlatformMapping, RefineSettings, load_platforms
+from transforms import refine
+from transforms.schemas import EVENTS_RAW
+
+AS_OF = dt.date(2026, 6, 30)
+CFG = RefineSettings(fx_to_base={"CNY": 1.0, "USD": 7.0})
+
+
+def bronze(spark, platform, fmt, lines):
+    rows = [(platform, f"file:/raw/{platform}/events/part-0.x", i + 1, fmt, line, "b1", dt.datetime(2026, 7, 1))
+            for i, line in enumerate(lines)]
+    return spark.createDataFrame(rows, EVENTS_RAW.schema)
+
+
+def reasons_of(df):
+    return [r.reasons for r in df.orderBy("source_position").collect()]
+
+
+@pytest.fixture(scope="module")
+def zhixue() -> PlatformMapping:
+    return load_platforms()["zhixue"]
+
+
+@pytest.fixture(scope="module")
+def tingshu() -> PlatformMapping:
+    return load_platforms()["tingshu"]
+
+
+def zx(**over):
+    import json
+    rec = {"eid": "e1", "user": {"uid": "u1"}, "item": {"id": "c1", "author": "k1", "cat": "tech"}, "act": "buy",
+           "ts": "1780000000000", "dur": 10, "prog": 0.5, "amt": 1990, "rec": 1, "sid": "s1"}
+    for k, v in over.items():
+        if v is None:
+            rec.pop(k, None)
+        else:
+            rec[k] = v
+    return json.dumps(rec)
+
+
+def test_valid_json_record_is_unified(spark, zhixue):
+    # GIVEN a zhixue purchase of 1990 fen at epoch ms 1780000000000
+    out = refine.parse_events(bronze(spark, "zhixue", "json", [zx()]), zhixue, CFG, AS_OF)
+    row = out.first()
+    # THEN amounts are scaled to yuan, time is UTC, fields are renamed
+    assert row.reasons == []
+    assert (row.event_key, row.account_id, row.content_id, row.creator_id, row.category) == ("zhixue:e1", "u1", "c1", "k1", "tech")
+    assert row.event_type == "purchase"
+    assert row.event_ts == dt.datetime(2026, 5, 28, 20, 26, 40)
+    assert row.event_date == dt.date(2026, 5, 28)
+    assert row.amount == Decimal("19.90") and row.amount_orig == Decimal("19.9000") and row.currency_orig == "CNY"
+    assert (row.duration_s, row.progress, row.is_recommended) == (10.0, 0.5, True)
+
+
+def test_refund_is_negative_and_fx_applies(spark):
+    ge = load_platforms()["globalearn"]
+    line = ('{"id":"r1","user_id":"u","content":"c","creator":"k","type":"refund","time":"06/01/2026 17:00:00",'
+            '"cents":250,"cur":"usd","via_rec":false}')
+    row = refine.parse_events(bronze(spark, "globalearn", "json", [line]), ge, CFG, AS_OF).first()
+    assert row.reasons == []
+    # 17:00 in Los Angeles (PDT, UTC-7) is midnight UTC; 2.50 USD at 7.0 = 17.50 CNY, negative for a refund
+    assert row.event_ts == dt.datetime(2026, 6, 2, 0, 0, 0)
+    assert row.amount == Decimal("-17.50") and row.amount_orig == Decimal("-2.5000") and row.currency_orig == "USD"
+
+
+@pytest.mark.parametrize("line, reason", [
+    ('{"eid": "e1", "user": {"uid"', "malformed"),
+    ("", "malformed"),
+    (zx(user={}), "missing_field"),
+    (zx(eid=None), "missing_field"),
+    (zx(act="dance"), "unknown_event_type"),
+    (zx(ts="yesterday"), "bad_timestamp"),
+    (zx(ts="946684800000"), "bad_timestamp"),           # 2000-01-01: before earliest_valid_date
+    (zx(ts="1800000000000"), "future_timestamp"),       # 2027-01-15: after as_of + tolerance
+    (zx(dur="abc"), "bad_type"),
+    (zx(amt="12,5"), "bad_type"),
+    (zx(dur=-5), "out_of_range"),
+    (zx(prog=1.5), "out_of_range"),
+    (zx(amt=-100), "negative_amount"),
+])
+def test_each_defect_gets_its_reason(spark, zhixue, line, reason):
+    out = refine.parse_events(bronze(spark, "zhixue", "json", [line]), zhixue, CFG, AS_OF)
+    assert reasons_of(out) == [[reason]]
+
+
+def test_unknown_currency(spark):
+    ge = load_platforms()["globalearn"]
+    line = '{"id":"x","user_id":"u","content":"c","creator":"k","type":"view","time":"06/01/2026 17:00:00","cur":"XYZ"}'
+    assert reasons_of(refine.parse_events(bronze(spark, "globalearn", "json", [line]), ge, CFG, AS_OF)) == [["unknown_currency"]]
+
+
+def test_csv_local_time_percent_progress_and_defects(spark, tingshu):
+    good = "T1,m1,a1,k1,tech,play,2026-06-01 08:00:00,30,50,,Y,,s1"
+    lines = [good, "T2,m1,a1,k1,tech,play,2026-06-01", good.replace("T1", "T3").replace(",30,", ",3x,"),
+             good.replace("T1", "T4") + ",extra"]
+    out = refine.parse_events(bronze(spark, "tingshu", "csv", lines), tingshu, CFG, AS_OF)
+    assert reasons_of(out) == [[], ["malformed"], ["bad_type"], ["malformed"]]
+    row = out.where("source_position = 1").first()
+    # 08:00 Beijing time is 00:00 UTC; 50 percent is 0.5; no amount means 0
+    assert (row.event_ts, row.progress, row.duration_s, row.amount) == (dt.datetime(2026, 6, 1), 0.5, 30.0, Decimal("0.00"))
+
+
+def test_unknown_platform_rows_are_rejected_whole(spark):
+    out = refine.unknown_platform(bronze(spark, "mystery", "text", ["a", "b"]))
+    assert reasons_of(out) == [["unknown_platform"], ["unknown_platform"]]
+
+
+def test_first_per_key_keeps_the_earliest_record(spark, zhixue):
+    lines = [zx(), zx(dur=99), zx(eid="e2")]
+    parsed = refine.parse_events(bronze(spark, "zhixue", "json", lines), zhixue, CFG, AS_OF)
+    kept = refine.first_per_key(parsed).select("event_key", "source_position", "duration_s")
+    expected = spark.createDataFrame([("zhixue:e1", 1, 10.0), ("zhixue:e2", 3, 10.0)],
+                                     "event_key string, source_position long, duration_s double")
+    assert_df_equality(kept, expected, ignore_row_order=True, ignore_nullable=True)
