@@ -1,0 +1,1 @@
+"""Pure DataFrame transformations and the table contracts (no I/O)."""
