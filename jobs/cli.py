@@ -96,3 +96,13 @@ def run_job(prog: str, description: str, argv: list[str] | None,
     log.info("%s finished", prog)
     return 0
 
+
+
+def input_option(parser: argparse.ArgumentParser) -> None:
+    """``--input DIR``: the raw exports root, one folder per platform."""
+    parser.add_argument("--input", default=None,
+                        help="raw exports root, one folder per platform (default: lake.raw, or <lake root>/raw)")
+
+
+def input_value(args: argparse.Namespace) -> dict:
+    return {"input_root": args.input}

@@ -133,14 +133,14 @@ class TimestampSpec(_Strict):
         return v
 
 
-class _SourceSpec(_Strict):
+class SourceSpec(_Strict):
     path: str
     reader: dict[str, str] = {}
     columns: list[str] | None = None  # CSV column order (the header)
     fields: dict[str, FieldSource]
 
 
-class EventSource(_SourceSpec):
+class EventSource(SourceSpec):
     timestamp: TimestampSpec
     amount_scale: int = Field(1, ge=1)
     progress_scale: float = Field(1.0, gt=0)
@@ -152,7 +152,7 @@ class EventSource(_SourceSpec):
         return self
 
 
-class AccountSource(_SourceSpec):
+class AccountSource(SourceSpec):
     @model_validator(mode="after")
     def _fields_known(self) -> "AccountSource":
         _check_fields(self.fields, ACCOUNT_FIELDS, required=("account_id",))

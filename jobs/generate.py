@@ -77,7 +77,7 @@ def _stamp(settings: Settings) -> str:
 def execute(spark: SparkSession, settings: Settings, summary: Summary, force: bool = False) -> Summary:
     cfg = settings.generate
     raw = settings.raw_root
-    fs, root, jvm = _fs(spark, raw)
+    fs, _, jvm = _fs(spark, raw)
     stamp_path = jvm.org.apache.hadoop.fs.Path(f"{raw}/{STAMP}")
     if not force and fs.exists(stamp_path):
         stream = fs.open(stamp_path)

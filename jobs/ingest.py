@@ -17,7 +17,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import lake
-from jobs.cli import Summary, run_job
+from jobs.cli import Summary, input_option, input_value, run_job
 from jobs.config import PlatformMapping, Settings, load_platforms
 from transforms.ingest import to_bronze
 from transforms.schemas import ACCOUNTS_RAW, EVENTS_RAW, INGEST_MANIFEST, select_contract
@@ -122,9 +122,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, input_roo
 def main(argv: list[str] | None = None) -> int:
     return run_job(
         "jobs.ingest", __doc__, argv, execute,
-        add_arguments=lambda p: p.add_argument("--input", default=None,
-                                               help="raw root with one folder per platform (default: lake.raw or <lake>/raw)"),
-        options=lambda a: {"input_root": a.input},
+        add_arguments=input_option, options=input_value,
     )
 
 

@@ -10,7 +10,7 @@ import sys
 from pyspark.sql import SparkSession
 
 from jobs import generate, ingest, lake, refine
-from jobs.cli import Summary, run_job
+from jobs.cli import Summary, input_option, input_value, run_job
 from jobs.config import Settings
 from transforms import schemas
 
@@ -33,9 +33,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, input_roo
 def main(argv: list[str] | None = None) -> int:
     return run_job(
         "jobs.pipeline", __doc__, argv, execute,
-        add_arguments=lambda p: p.add_argument("--input", default=None,
-                                               help="raw exports root; when given, nothing is generated"),
-        options=lambda a: {"input_root": a.input},
+        add_arguments=input_option, options=input_value,
     )
 
 

@@ -12,7 +12,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from jobs.config import Const, PlatformMapping, RefineSettings, _SourceSpec
+from jobs.config import Const, PlatformMapping, RefineSettings, SourceSpec
 from transforms.schemas import AMOUNT, AMOUNT_ORIG, EVENTS, QUARANTINE, select_contract
 
 TRUE_TEXT = ("1", "true", "t", "y", "yes")
@@ -37,7 +37,7 @@ def _json_schema(paths: list[str]) -> StructType:
     return StructType(schema.fields + [StructField("_corrupt_record", StringType(), True)])
 
 
-def extract_fields(df: DataFrame, mapping: PlatformMapping, part: _SourceSpec) -> DataFrame:
+def extract_fields(df: DataFrame, mapping: PlatformMapping, part: SourceSpec) -> DataFrame:
     """Add ``f_<field>`` string columns from ``raw`` per the mapping, plus ``malformed``."""
     sources = {k: v for k, v in part.fields.items() if isinstance(v, str)}
     if mapping.format == "csv":
