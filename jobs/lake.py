@@ -76,13 +76,11 @@ def merge_insert(spark: SparkSession, settings: Settings, table: Table, df: Data
     return after, int(metrics.get("numTargetRowsInserted", 0)) if after != before else 0
 
 
-def upsert(spark: SparkSession, settings: Settings, table: Table, df: DataFrame, changed: str | None = None) -> int:
-    """Insert new keys and update existing ones (only where ``changed`` holds, if given)."""
+def upsert(spark: SparkSession, settings: Settings, table: Table, df: DataFrame) -> int:
+    """Insert new keys and update existing ones."""
     delta = ensure(spark, settings, table)
     cond = " AND ".join(f"t.{k} = s.{k}" for k in table.keys)
-    merge = delta.alias("t").merge(df.alias("s"), cond)
-    merge = merge.whenMatchedUpdateAll(condition=changed) if changed else merge.whenMatchedUpdateAll()
-    merge.whenNotMatchedInsertAll().execute()
+    delta.alias("t").merge(df.alias("s"), cond).whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
     return _last_metrics(delta)[0]
 
 

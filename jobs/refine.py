@@ -64,8 +64,10 @@ def refresh_identity(spark: SparkSession, settings: Settings, summary: Summary, 
     comps = identity.connected_components(good, edges)
     previous = lake.read(spark, settings, IDENTITY_MAP) if lake.exists(spark, settings, IDENTITY_MAP) else None
     current = identity.assign_user_ids(comps, previous).localCheckpoint()
-    changed = ("t.user_id <> s.user_id OR t.identifier_count <> s.identifier_count")
-    summary.table(IDENTITY_MAP.qualified, lake.upsert(spark, settings, IDENTITY_MAP, current, changed=changed))
+    # Write only what changed, so a rerun over the same accounts commits nothing.
+    delta_rows = current if previous is None else current.join(previous, IDENTITY_MAP.schema.fieldNames(), "left_anti")
+    if delta_rows.limit(1).count():
+        summary.table(IDENTITY_MAP.qualified, lake.upsert(spark, settings, IDENTITY_MAP, delta_rows))
     summary.count("accounts mapped", current.count())
     summary.count("people (user ids)", current.select("user_id").distinct().count())
     if previous is not None and lake.exists(spark, settings, EVENTS):

@@ -112,12 +112,16 @@ def test_same_seed_gives_identical_raw_files(spark, run, tmp_path):
 
 def test_second_run_changes_nothing(spark, run):
     settings, _, snapshot = run
+    tables = (EVENTS, QUARANTINE, IDENTITY_MAP, EVENTS_RAW, REFINE_LOG)
+    versions = {t.qualified: lake.version(spark, settings, t) for t in tables}
     again_ingest = ingest.execute(spark, settings, Summary("ingest"))
     again_refine = refine.execute(spark, settings, Summary("refine"))
     assert again_ingest.counts["files new"] == 0
     assert "records read" not in again_refine.counts
     for table in (EVENTS, QUARANTINE, IDENTITY_MAP, EVENTS_RAW):
         assert_df_equality(lake.read(spark, settings, table), snapshot[table.qualified], ignore_row_order=True)
+    # nothing was committed either: every table is at the version it had
+    assert {t.qualified: lake.version(spark, settings, t) for t in tables} == versions
 
 
 def test_replayed_files_add_nothing(spark, run, tmp_path):
