@@ -84,14 +84,6 @@ def upsert(spark: SparkSession, settings: Settings, table: Table, df: DataFrame)
     return _last_metrics(delta)[0]
 
 
-def replace_where(spark: SparkSession, settings: Settings, table: Table, df: DataFrame, where: str) -> int:
-    """Replace exactly the slice ``where`` selects with ``df`` (atomic, one commit)."""
-    ensure(spark, settings, table)
-    (df.write.format("delta").mode("overwrite").option("replaceWhere", where)
-       .save(path_of(settings, table)))
-    return version(spark, settings, table)
-
-
 def overwrite(spark: SparkSession, settings: Settings, table: Table, df: DataFrame) -> int:
     """Replace the whole table in one commit (for small derived tables such as ground truth)."""
     ensure(spark, settings, table)

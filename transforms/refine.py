@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
 from jobs.config import Const, PlatformMapping, RefineSettings, SourceSpec
-from transforms.schemas import AMOUNT, AMOUNT_ORIG, EVENTS, QUARANTINE, select_contract
+from transforms.schemas import AMOUNT, AMOUNT_ORIG, EVENTS, select_contract
 
 TRUE_TEXT = ("1", "true", "t", "y", "yes")
 # Quoted-CSV-aware separator: a comma followed by an even number of quotes.
@@ -146,11 +146,6 @@ def unknown_platform(df: DataFrame) -> DataFrame:
     """Bronze rows of a platform with no mapping: all of them rejected as unknown_platform."""
     return df.select("platform", "source_file", "source_position", "raw", "ingest_batch_id",
                      F.array(F.lit("unknown_platform")).alias("reasons"))
-
-
-def split_valid(parsed: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """(valid rows, quarantine rows) of a parsed batch."""
-    return parsed.where(F.size("reasons") == 0), select_contract(parsed.where(F.size("reasons") > 0), QUARANTINE)
 
 
 def first_per_key(valid: DataFrame) -> DataFrame:
