@@ -87,6 +87,8 @@ class Settings(_Strict):
     spark: SparkSettings = SparkSettings()
     generate: GenerateSettings = GenerateSettings()
     refine: RefineSettings = RefineSettings()
+    # conf/platforms/*.yaml, validated with the rest (filled by load_settings).
+    platforms: dict[str, "PlatformMapping"] = {}
 
     # -- derived locations -------------------------------------------------
     @property
@@ -238,6 +240,7 @@ def load_settings(env: str = "local", overrides: list[str] | tuple[str, ...] = (
     for assignment in overrides:
         data = _apply_set(data, assignment)
     data["env"] = env
+    data["platforms"] = load_platforms()
     if as_of is not None:
         data["as_of"] = as_of
     try:
@@ -261,3 +264,6 @@ def load_platforms(directory: Path | None = None) -> dict[str, PlatformMapping]:
     if not mappings:
         raise ConfigError(f"no platform mappings found in {directory}")
     return mappings
+
+
+Settings.model_rebuild()

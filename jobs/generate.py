@@ -17,19 +17,13 @@ from pyspark.sql import functions as F
 
 from jobs import lake
 from jobs.cli import Summary, run_job
-from jobs.config import Settings, load_platforms
+from jobs.config import Settings
 from transforms import generate as gen
 from transforms.schemas import TRUTH_ACCOUNTS, TRUTH_CREATORS, TRUTH_DEFECTS, TRUTH_PLATFORMS, select_contract
 
 log = logging.getLogger(__name__)
 STAMP = "_GENERATED.json"
 EXT = {"json": "jsonl", "csv": "csv", "parquet": "parquet"}
-
-
-def _fs(spark: SparkSession, path: str):
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    return hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath, jvm
 
 
 def _write_files(spark: SparkSession, df: DataFrame, fmt: str, target: str, header: str | None = None) -> int:
@@ -50,9 +44,9 @@ def _write_files(spark: SparkSession, df: DataFrame, fmt: str, target: str, head
         writer.parquet(tmp)
     else:
         writer.text(tmp)
-    fs, _, jvm = _fs(spark, target)
+    fs, tmp_path = lake.filesystem(spark, tmp)
     count = 0
-    for status in fs.listStatus(jvm.org.apache.hadoop.fs.Path(tmp)):
+    for status in fs.listStatus(tmp_path):
         name = status.getPath().getName()
         if not name.startswith("file_idx="):
             continue
@@ -60,11 +54,11 @@ def _write_files(spark: SparkSession, df: DataFrame, fmt: str, target: str, head
         parts = [s.getPath() for s in fs.listStatus(status.getPath()) if s.getPath().getName().startswith("part-")]
         for j, part in enumerate(sorted(parts, key=lambda p: p.getName())):
             suffix = f"-{j}" if len(parts) > 1 else ""
-            dest = jvm.org.apache.hadoop.fs.Path(f"{target}/part-{idx:05d}{suffix}.{EXT[fmt]}")
+            dest = lake.hadoop_path(spark, f"{target}/part-{idx:05d}{suffix}.{EXT[fmt]}")
             fs.delete(dest, False)
             fs.rename(part, dest)
             count += 1
-    fs.delete(jvm.org.apache.hadoop.fs.Path(tmp), True)
+    fs.delete(tmp_path, True)
     return count
 
 
@@ -77,18 +71,15 @@ def _stamp(settings: Settings) -> str:
 def execute(spark: SparkSession, settings: Settings, summary: Summary, force: bool = False) -> Summary:
     cfg = settings.generate
     raw = settings.raw_root
-    fs, _, jvm = _fs(spark, raw)
-    stamp_path = jvm.org.apache.hadoop.fs.Path(f"{raw}/{STAMP}")
-    if not force and fs.exists(stamp_path):
-        stream = fs.open(stamp_path)
-        existing = jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
-        stream.close()
+    stamp_path = f"{raw}/{STAMP}"
+    existing = None if force else lake.read_text(spark, stamp_path)
+    if existing is not None:
         if existing == _stamp(settings):
             summary.note(f"raw data for these settings already in {raw}; nothing to do (--force regenerates)")
             return summary
         raise SystemExit(f"generate: {raw} holds data generated with other settings; "
                          f"use another lake.raw, delete it, or pass --force to overwrite")
-    mappings = load_platforms()
+    mappings = settings.platforms
     missing = [m.name for m in gen.PLATFORM_MODELS if m.name not in mappings]
     if missing:
         raise SystemExit(f"generate: the generator writes platforms {missing} but conf/platforms has no mapping for them")
@@ -127,9 +118,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, force: bo
         summary.table(table.qualified, lake.overwrite(spark, settings, table, select_contract(df, table)))
     summary.count("defects planted", lake.read(spark, settings, TRUTH_DEFECTS).count())
 
-    out = fs.create(stamp_path, True)
-    out.write(bytearray(_stamp(settings).encode()))
-    out.close()
+    lake.write_text(spark, stamp_path, _stamp(settings))
     events.unpersist()
     accounts.unpersist()
     summary.note(f"raw exports in {raw}")

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 
 from jobs import lake
 from jobs.cli import Summary, input_option, input_value, run_job
-from jobs.config import PlatformMapping, Settings, load_platforms
+from jobs.config import PlatformMapping, Settings
 from transforms.ingest import to_bronze
 from transforms.schemas import ACCOUNTS_RAW, EVENTS_RAW, INGEST_MANIFEST, select_contract
 
@@ -28,9 +28,7 @@ KINDS = {"events": EVENTS_RAW, "accounts": ACCOUNTS_RAW}
 
 def list_files(spark: SparkSession, root: str) -> list[tuple[str, str, str, int, int]]:
     """(platform, kind, path, size, mtime_ms) for every data file under root/<platform>/<kind>/."""
-    jvm = spark.sparkContext._jvm
-    rpath = jvm.org.apache.hadoop.fs.Path(root)
-    fs = rpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    fs, rpath = lake.filesystem(spark, root)
     if not fs.exists(rpath):
         raise FileNotFoundError(f"raw input {root} does not exist: run 'python -m jobs.generate' "
                                 f"or point --input (or lake.raw) at the platform exports")
@@ -63,7 +61,7 @@ def _read(spark: SparkSession, files: list[str], fmt: str) -> DataFrame:
 
 def execute(spark: SparkSession, settings: Settings, summary: Summary, input_root: str | None = None) -> Summary:
     root = input_root or settings.raw_root
-    mappings = load_platforms()
+    mappings = settings.platforms
     listing = list_files(spark, root)
     if lake.exists(spark, settings, INGEST_MANIFEST):
         seen = {(r.source_file, r.size_bytes, r.modified_ms)

@@ -1,4 +1,6 @@
-"""Delta Lake I/O: create, register, read and write the tables declared in transforms.schemas.
+"""Storage I/O: the Delta tables declared in transforms.schemas, and plain files.
+
+Files go through Hadoop's FileSystem, so the same code reaches a local disk, HDFS or S3.
 
 Every write here is idempotent: MERGE on the table's keys, or replaceWhere on the slice
 a run owns. Nothing appends blindly.
@@ -14,6 +16,37 @@ from jobs.config import Settings
 from transforms.schemas import Table
 
 log = logging.getLogger(__name__)
+
+
+def hadoop_path(spark: SparkSession, path: str):
+    return spark.sparkContext._jvm.org.apache.hadoop.fs.Path(path)
+
+
+def filesystem(spark: SparkSession, path: str):
+    """(Hadoop FileSystem, Path) for any location Spark's configuration reaches."""
+    hpath = hadoop_path(spark, path)
+    return hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
+
+
+def read_text(spark: SparkSession, path: str) -> str | None:
+    """A small text file's content, or None if it does not exist."""
+    fs, hpath = filesystem(spark, path)
+    if not fs.exists(hpath):
+        return None
+    stream = fs.open(hpath)
+    try:
+        return spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+    finally:
+        stream.close()
+
+
+def write_text(spark: SparkSession, path: str, text: str) -> None:
+    fs, hpath = filesystem(spark, path)
+    out = fs.create(hpath, True)
+    try:
+        out.write(bytearray(text.encode("utf-8")))
+    finally:
+        out.close()
 
 
 def path_of(settings: Settings, table: Table) -> str:
@@ -81,6 +114,18 @@ def upsert(spark: SparkSession, settings: Settings, table: Table, df: DataFrame)
     delta = ensure(spark, settings, table)
     cond = " AND ".join(f"t.{k} = s.{k}" for k in table.keys)
     delta.alias("t").merge(df.alias("s"), cond).whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
+    return _last_metrics(delta)[0]
+
+
+def update_from(spark: SparkSession, settings: Settings, table: Table, df: DataFrame,
+                on: list[str], columns: list[str]) -> int:
+    """Set ``columns`` of the rows that match ``df`` on ``on`` to df's values (rows that
+    already agree are left alone, so the update is idempotent)."""
+    cond = " AND ".join(f"t.{k} = s.{k}" for k in on)
+    differs = " OR ".join(f"NOT (t.{c} <=> s.{c})" for c in columns)
+    delta = DeltaTable.forPath(spark, path_of(settings, table))
+    (delta.alias("t").merge(df.alias("s"), cond)
+          .whenMatchedUpdate(condition=differs, set={c: f"s.{c}" for c in columns}).execute())
     return _last_metrics(delta)[0]
 
 

@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 
 from jobs import lake
 from jobs.cli import Summary, run_job
-from jobs.config import Settings, load_platforms
+from jobs.config import Settings
 from transforms import identity, refine
 from transforms.schemas import ACCOUNTS_RAW, EVENTS, EVENTS_RAW, IDENTITY_MAP, QUARANTINE, REFINE_LOG, select_contract
 
@@ -47,7 +47,7 @@ def _union(frames: list[DataFrame]) -> DataFrame | None:
 
 def refresh_identity(spark: SparkSession, settings: Settings, summary: Summary, key: bytes) -> DataFrame:
     """Recompute components over all account records, upsert the identity map, quarantine bad rows."""
-    mappings = load_platforms()
+    mappings = settings.platforms
     if not lake.exists(spark, settings, ACCOUNTS_RAW):
         lake.ensure(spark, settings, IDENTITY_MAP)
         return lake.read(spark, settings, IDENTITY_MAP)
@@ -62,31 +62,35 @@ def refresh_identity(spark: SparkSession, settings: Settings, summary: Summary, 
     good = parsed.where(F.size("reasons") == 0).select("platform", "account_id", "phone", "email", "union_id")
     edges = identity.identifier_edges(good, key)
     comps = identity.connected_components(good, edges)
-    previous = lake.read(spark, settings, IDENTITY_MAP) if lake.exists(spark, settings, IDENTITY_MAP) else None
+    # Pin the map as it was: it is compared with after it has been rewritten below.
+    previous = (lake.read(spark, settings, IDENTITY_MAP).localCheckpoint()
+                if lake.exists(spark, settings, IDENTITY_MAP) else None)
     current = identity.assign_user_ids(comps, previous).localCheckpoint()
-    # Write only what changed, so a rerun over the same accounts commits nothing.
-    delta_rows = current if previous is None else current.join(previous, IDENTITY_MAP.schema.fieldNames(), "left_anti")
-    if delta_rows.limit(1).count():
-        summary.table(IDENTITY_MAP.qualified, lake.upsert(spark, settings, IDENTITY_MAP, delta_rows))
+    if previous is None:
+        changed, moved = current, None
+    else:
+        # Write only what changed, so a rerun over the same accounts commits nothing.
+        changed = current.join(previous, IDENTITY_MAP.schema.fieldNames(), "left_anti")
+        moved = (current.join(previous.select("platform", "account_id", F.col("user_id").alias("old")),
+                              ["platform", "account_id"], "inner")
+                        .where(F.col("user_id") != F.col("old")).select("platform", "account_id", "user_id"))
+    if changed.limit(1).count():
+        summary.table(IDENTITY_MAP.qualified, lake.upsert(spark, settings, IDENTITY_MAP, changed))
     summary.count("accounts mapped", current.count())
     summary.count("people (user ids)", current.select("user_id").distinct().count())
-    if previous is not None and lake.exists(spark, settings, EVENTS):
-        moved = current.join(previous.select("platform", "account_id", F.col("user_id").alias("old")),
-                             ["platform", "account_id"]).where(F.col("user_id") != F.col("old"))
-        if moved.limit(1).count():
-            # Two people turned out to be one: re-key their existing events.
-            from delta.tables import DeltaTable
-
-            (DeltaTable.forPath(spark, lake.path_of(settings, EVENTS)).alias("t")
-             .merge(moved.alias("s"), "t.platform = s.platform AND t.account_id = s.account_id AND t.user_id <> s.user_id")
-             .whenMatchedUpdate(set={"user_id": "s.user_id"}).execute())
+    if moved is not None and lake.exists(spark, settings, EVENTS):
+        n_moved = moved.count()
+        if n_moved:
+            # Two people turned out to be one: their existing events follow the surviving id.
+            summary.table(EVENTS.qualified, lake.update_from(spark, settings, EVENTS, moved, ["platform", "account_id"], ["user_id"]))
+            summary.count("accounts re-keyed", n_moved)
     parsed.unpersist()
     return lake.read(spark, settings, IDENTITY_MAP)
 
 
 def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summary:
     key = hmac_key(settings)
-    mappings = load_platforms()
+    mappings = settings.platforms
     identity_map = refresh_identity(spark, settings, summary, key)
     if not lake.exists(spark, settings, EVENTS_RAW):
         summary.note("bronze.events_raw does not exist yet: run jobs.ingest first")

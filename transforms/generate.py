@@ -220,11 +220,11 @@ def sessions(spark: SparkSession, cfg: GenerateSettings, persons: DataFrame, ite
                       F.when(u("cat_ab", "sid") < 0.5, F.col("cat_a")).otherwise(F.col("cat_b"))) \
                 .otherwise(_pick(u("cat_any", "sid"), CATEGORIES))
     df = df.withColumn("category", category)
-    counts = {(r["platform"], r["category"]): r["n"] for r in items_df.groupBy("platform", "category").agg(F.count("*").alias("n")).collect()}
-    n_items = F.lit(0)
-    for (plat, cat), cnt in counts.items():
-        n_items = F.when((F.col("platform") == plat) & (F.col("category") == cat), F.lit(cnt)).otherwise(n_items)
-    df = df.withColumn("idx", F.floor(u("item", "sid") * n_items).cast("long"))
+    # How many items each (platform, category) offers; a session picks one of them uniformly.
+    # A session whose (platform, category) has no item drops out in the inner join.
+    n_items = items_df.groupBy("platform", "category").agg(F.count("*").alias("n_items"))
+    df = (df.join(F.broadcast(n_items), on=["platform", "category"], how="inner")
+            .withColumn("idx", F.floor(u("item", "sid") * F.col("n_items")).cast("long")).drop("n_items"))
     promotion = F.lit(0.0)
     for m in PLATFORM_MODELS:
         promotion = F.when(F.col("platform") == m.name, F.lit(m.promotion)).otherwise(promotion)

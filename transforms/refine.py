@@ -13,6 +13,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
 from jobs.config import Const, PlatformMapping, RefineSettings, SourceSpec
+from transforms.identity import user_id_for
 from transforms.schemas import AMOUNT, AMOUNT_ORIG, EVENTS, select_contract
 
 TRUE_TEXT = ("1", "true", "t", "y", "yes")
@@ -157,8 +158,6 @@ def first_per_key(valid: DataFrame) -> DataFrame:
 def with_user_ids(valid: DataFrame, identity: DataFrame) -> DataFrame:
     """Attach the global user_id from the identity map; accounts with no account record are
     their own person, with the id a one-account component would get."""
-    from transforms.identity import user_id_for
-
     joined = valid.join(identity.select("platform", "account_id", "user_id"), on=["platform", "account_id"], how="left")
     return joined.withColumn("user_id", F.coalesce(F.col("user_id"), user_id_for(F.col("platform"), F.col("account_id"))))
 

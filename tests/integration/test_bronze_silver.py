@@ -1,5 +1,6 @@
 """generate -> ingest -> refine on a small generated lake, run twice."""
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from jobs import generate, ingest, lake, refine
 from jobs.cli import Summary
 from tests.conftest import make_settings
 from transforms import generate as gen
-from transforms.schemas import ACCOUNTS_RAW, EVENTS, EVENTS_RAW, IDENTITY_MAP, QUARANTINE, REFINE_LOG, TRUTH_ACCOUNTS, TRUTH_DEFECTS
+from transforms.schemas import ACCOUNTS_RAW, EVENTS, EVENTS_RAW, IDENTITY_MAP, INGEST_MANIFEST, QUARANTINE, REFINE_LOG, TRUTH_ACCOUNTS, TRUTH_DEFECTS
 
 SMALL = ["generate.users=150", "generate.creators=24", "generate.sessions=2500", "generate.defect_rate=0.04"]
 
@@ -44,6 +45,11 @@ def test_reconciliation_holds_exactly(spark, run):
     assert bronze > 4000
     assert tuple(logged) == (bronze, silver, quarantined, bronze - silver - quarantined)
     assert first.counts["records read"] == bronze
+    # the manifest accounts for every bronze record, file by file
+    per_file = {r.source_file: r.records for r in lake.read(spark, settings, INGEST_MANIFEST).collect()}
+    in_bronze = {r.source_file: r.n for r in lake.read(spark, settings, EVENTS_RAW).unionByName(
+        lake.read(spark, settings, ACCOUNTS_RAW)).groupBy("source_file").agg(F.count("*").alias("n")).collect()}
+    assert per_file == in_bronze
 
 
 def test_each_planted_defect_lands_in_quarantine_with_its_reason(spark, run):
@@ -140,3 +146,40 @@ def test_replayed_files_add_nothing(spark, run, tmp_path):
         assert_df_equality(lake.read(spark, settings, EVENTS), snapshot[EVENTS.qualified], ignore_row_order=True)
     finally:
         replay.unlink()
+
+
+def test_an_account_bridging_two_people_rekeys_their_events(spark, run):
+    # Runs last in this module: it changes the lake.
+    # GIVEN two zhixue accounts of different people, one exporting a phone, the other an email
+    settings, _, _ = run
+    idm = {(r.platform, r.account_id): r.user_id for r in lake.read(spark, settings, IDENTITY_MAP).collect()}
+    records = [json.loads(r.raw) for r in lake.read(spark, settings, ACCOUNTS_RAW).where("platform = 'zhixue'").collect()]
+    with_events = {r.account_id for r in lake.read(spark, settings, EVENTS).where("platform = 'zhixue'")
+                   .select("account_id").distinct().collect()}
+    a = next(r for r in records if r.get("mobile") and r["uid"] in with_events)
+    b = next(r for r in records if r.get("mail") and r["uid"] in with_events
+             and idm[("zhixue", r["uid"])] != idm[("zhixue", a["uid"])])
+    ua, ub = idm[("zhixue", a["uid"])], idm[("zhixue", b["uid"])]
+    events_before = lake.read(spark, settings, EVENTS).count()
+    # WHEN a new account export holds an account with a's phone and b's email
+    bridge = Path(settings.raw_root) / "zhixue" / "accounts" / "bridge.jsonl"
+    bridge.write_text(json.dumps({"uid": "zx_bridge", "mobile": a["mobile"], "mail": b["mail"]}) + "\n")
+    try:
+        ingest.execute(spark, settings, Summary("ingest"))
+        r = refine.execute(spark, settings, Summary("refine"))
+    finally:
+        bridge.unlink()
+    # THEN a, b and the bridge are one person carrying the smaller existing id, and every event
+    # that carried the other id now carries the survivor; no event is added or lost
+    survivor, gone = min(ua, ub), max(ua, ub)
+    idm2 = {(x.platform, x.account_id): x.user_id for x in lake.read(spark, settings, IDENTITY_MAP).collect()}
+    assert idm2[("zhixue", a["uid"])] == idm2[("zhixue", b["uid"])] == idm2[("zhixue", "zx_bridge")] == survivor
+    assert gone not in set(idm2.values())
+    ev = lake.read(spark, settings, EVENTS)
+    assert ev.where(F.col("user_id") == gone).count() == 0
+    assert ev.count() == events_before
+    assert r.counts["accounts re-keyed"] == sum(1 for k, v in idm.items() if v == gone)
+    # and refining again changes nothing
+    version = lake.version(spark, settings, EVENTS)
+    again = refine.execute(spark, settings, Summary("refine"))
+    assert "accounts re-keyed" not in again.counts and lake.version(spark, settings, EVENTS) == version

@@ -86,3 +86,22 @@ def test_mapping_csv_fields_must_be_columns():
 def test_mapping_rejects_unknown_time_zone():
     with pytest.raises(ValueError, match="unknown time zone 'Mars/Olympus'"):
         PlatformMapping.model_validate(_mapping(timestamp={"format": "epoch_s", "timezone": "Mars/Olympus"}))
+
+
+def test_settings_carry_the_validated_platform_mappings():
+    s = load_settings("local")
+    assert s.platforms["tingshu"].format == "csv"
+    assert s.platforms["zhixue"].events.event_types["zan"] == "like"
+
+
+def test_a_bad_mapping_file_is_named(tmp_path):
+    (tmp_path / "demo.yaml").write_text("name: demo\nformat: xml\n")
+    with pytest.raises(ConfigError, match=r"demo\.yaml(.|\n)*format: Input should be 'json', 'csv' or 'parquet'"):
+        load_platforms(tmp_path)
+
+
+def test_mapping_name_must_match_its_file(tmp_path):
+    import yaml
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(_mapping()))
+    with pytest.raises(ConfigError, match="other.yaml: name 'demo' must equal the file name 'other'"):
+        load_platforms(tmp_path)
