@@ -90,7 +90,11 @@ def run_job(prog: str, description: str, argv: list[str] | None,
     from jobs.session import build_session
 
     spark = build_session(settings)
-    summary = body(spark, settings, Summary(prog), **(options(args) if options else {}))
+    try:
+        summary = body(spark, settings, Summary(prog), **(options(args) if options else {}))
+    except FileNotFoundError as err:  # a missing input table or folder: say which, no traceback
+        print(f"{prog}: {err}", file=sys.stderr)
+        return 1
     text = summary.render()
     print(text)
     log.info("%s finished", prog)

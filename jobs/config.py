@@ -80,6 +80,25 @@ class RefineSettings(_Strict):
         return self
 
 
+class GoldSettings(_Strict):
+    # user_features, Q(C) and E(P, C) look back this many days, ending at as_of.
+    lookback_days: int = Field(90, ge=1)
+    # K, R, X, R_C, R_P and the recent-revenue feature cover this many days ending at as_of.
+    period_days: int = Field(30, ge=1)
+    # Weights of the Q(C) signals (each ranked within the creator's category).
+    quality_weights: dict[Literal["completion", "engagement", "repeat", "conversion", "retention"], float] = {
+        "completion": 1.0, "engagement": 1.0, "repeat": 1.0, "conversion": 1.0, "retention": 1.0}
+
+    @model_validator(mode="after")
+    def _window(self) -> "GoldSettings":
+        if self.period_days > self.lookback_days:
+            raise ValueError("period_days must not exceed lookback_days")
+        if not self.quality_weights or any(w < 0 for w in self.quality_weights.values()) \
+                or sum(self.quality_weights.values()) <= 0:
+            raise ValueError("quality_weights must be non-negative with a positive sum")
+        return self
+
+
 class Settings(_Strict):
     env: str = "local"
     as_of: dt.date
@@ -87,6 +106,7 @@ class Settings(_Strict):
     spark: SparkSettings = SparkSettings()
     generate: GenerateSettings = GenerateSettings()
     refine: RefineSettings = RefineSettings()
+    gold: GoldSettings = GoldSettings()
     # conf/platforms/*.yaml, validated with the rest (filled by load_settings).
     platforms: dict[str, "PlatformMapping"] = {}
 

@@ -69,24 +69,40 @@ def ensure(spark: SparkSession, settings: Settings, table: Table) -> DeltaTable:
     builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(table.schema)
     if table.partition_by:
         builder = builder.partitionedBy(*table.partition_by)
+    for key, value in table.properties.items():
+        builder = builder.property(key, value)
     delta = builder.execute()
-    present = {
-        k.split(".")[-1] for k in delta.detail().select("properties").first()["properties"]
-        if k.startswith("delta.constraints.")
-    }
+    properties = delta.detail().select("properties").first()["properties"]
+    present = {k.split(".")[-1] for k in properties if k.startswith("delta.constraints.")}
     for name, expr in table.checks.items():
         if name.lower() not in present:
             spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {name} CHECK ({expr})")
+    missing = {k: v for k, v in table.properties.items() if properties.get(k) != v}
+    if missing:  # a table created by an older release
+        pairs = ", ".join(f"'{k}' = '{v}'" for k, v in missing.items())
+        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({pairs})")
     register(spark, settings, table)
     return delta
 
 
-def read(spark: SparkSession, settings: Settings, table: Table) -> DataFrame:
+def read(spark: SparkSession, settings: Settings, table: Table, as_of_version: int | None = None) -> DataFrame:
+    """The table (at ``as_of_version`` if given: a pinned snapshot that later commits cannot change)."""
     if not exists(spark, settings, table):
         raise FileNotFoundError(
             f"table {table.qualified} not found at {path_of(settings, table)}: run the job that writes it first"
         )
-    return spark.read.format("delta").load(path_of(settings, table))
+    reader = spark.read.format("delta")
+    if as_of_version is not None:
+        reader = reader.option("versionAsOf", as_of_version)
+    return reader.load(path_of(settings, table))
+
+
+def changes(spark: SparkSession, settings: Settings, table: Table, start: int, end: int) -> DataFrame:
+    """Delta's change data feed of versions start..end: changed rows with ``_change_type``.
+
+    Raises AnalysisException when the feed was not enabled for part of that range."""
+    return (spark.read.format("delta").option("readChangeFeed", "true")
+            .option("startingVersion", start).option("endingVersion", end).load(path_of(settings, table)))
 
 
 def version(spark: SparkSession, settings: Settings, table: Table) -> int:
@@ -127,6 +143,15 @@ def update_from(spark: SparkSession, settings: Settings, table: Table, df: DataF
     (delta.alias("t").merge(df.alias("s"), cond)
           .whenMatchedUpdate(condition=differs, set={c: f"s.{c}" for c in columns}).execute())
     return _last_metrics(delta)[0]
+
+
+def replace_where(spark: SparkSession, settings: Settings, table: Table, df: DataFrame, condition: str) -> int:
+    """Atomically replace the rows matching ``condition`` (the slice a run owns) with ``df``.
+
+    Delta rejects the commit if ``df`` holds a row outside the slice."""
+    ensure(spark, settings, table)
+    df.write.format("delta").mode("overwrite").option("replaceWhere", condition).save(path_of(settings, table))
+    return version(spark, settings, table)
 
 
 def overwrite(spark: SparkSession, settings: Settings, table: Table, df: DataFrame) -> int:

@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
-    ArrayType, BooleanType, DateType, DecimalType, DoubleType, LongType, StringType,
+    ArrayType, BooleanType, DateType, DecimalType, DoubleType, IntegerType, LongType, MapType, StringType,
     StructField, StructType, TimestampType,
 )
 
 AMOUNT = DecimalType(18, 2)
 AMOUNT_ORIG = DecimalType(20, 4)
+REVENUE = DecimalType(28, 2)  # sums of AMOUNT
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Table:
     keys: tuple[str, ...]
     partition_by: tuple[str, ...] = ()
     checks: dict[str, str] = field(default_factory=dict)
+    properties: dict[str, str] = field(default_factory=dict)
 
     @property
     def qualified(self) -> str:
@@ -71,6 +73,8 @@ EVENTS = Table(
        ("source_file", StringType(), False)),
     keys=("event_key",),
     partition_by=("event_date",),
+    # gold's aggregate reads the change feed to recompute only the dates that changed.
+    properties={"delta.enableChangeDataFeed": "true"},
     checks={
         "duration_non_negative": "duration_s IS NULL OR duration_s >= 0",
         "progress_in_unit_range": "progress IS NULL OR (progress >= 0 AND progress <= 1)",
@@ -102,6 +106,96 @@ REFINE_LOG = Table(
        ("records_read", LongType(), False), ("new_rows", LongType(), False),
        ("quarantined", LongType(), False), ("duplicates", LongType(), False)),
     keys=("ingest_batch_id",),
+)
+
+# -- gold ----------------------------------------------------------------------
+_L, _D, _S, _I = LongType(), DoubleType(), StringType(), IntegerType()
+
+USER_PLATFORM_DAILY = Table(
+    "gold", "user_platform_daily",
+    _s(("user_id", _S, False), ("platform", _S, False), ("date", DateType(), False), ("events", _L, False),
+       ("impressions", _L, False), ("clicks", _L, False), ("views", _L, False), ("plays", _L, False),
+       ("completes", _L, False), ("likes", _L, False), ("comments", _L, False), ("shares", _L, False),
+       ("follows", _L, False), ("purchases", _L, False), ("subscribes", _L, False), ("refunds", _L, False),
+       ("rec_reads", _L, False), ("watch_seconds", _D, False), ("revenue", REVENUE, False)),
+    keys=("user_id", "platform", "date"),
+    partition_by=("date",),
+)
+
+CREATOR_PLATFORM_DAILY = Table(
+    "gold", "creator_platform_daily",
+    _s(("creator_id", _S, False), ("platform", _S, False), ("date", DateType(), False),
+       ("items_active", _L, False), ("readers", _L, False), ("reads", _L, False), ("rec_reads", _L, False),
+       ("impressions", _L, False), ("clicks", _L, False), ("completes", _L, False),
+       ("social_actions", _L, False), ("purchases", _L, False), ("refunds", _L, False),
+       ("revenue", REVENUE, False), ("rec_revenue", REVENUE, False)),
+    keys=("creator_id", "platform", "date"),
+    partition_by=("date",),
+)
+
+PLATFORM_DAILY = Table(
+    "gold", "platform_daily",
+    _s(("platform", _S, False), ("date", DateType(), False), ("m_items_recommended", _L, False),
+       ("rec_reads", _L, False), ("w_reads_per_item", _D, True), ("reads", _L, False),
+       ("revenue", REVENUE, False), ("y_revenue_per_read", _D, True), ("r_p", _D, False),
+       ("dau", _L, False), ("paying_users", _L, False), ("arpu", _D, True)),
+    keys=("platform", "date"),
+    partition_by=("date",),
+)
+
+USER_FEATURES = Table(
+    "gold", "user_features",
+    _s(("user_id", _S, False), ("as_of_date", DateType(), False), ("recency_days", _I, False),
+       ("tenure_days", _I, False), ("active_days", _L, False), ("events", _L, False), ("reads", _L, False),
+       ("monetary", _D, False), ("monetary_recent", _D, False), ("orders", _L, False),
+       ("avg_order_value", _D, True), ("subscriptions", _L, False), ("watch_hours", _D, False),
+       ("completion_rate", _D, True), ("platforms_used", _L, False),
+       ("platform_share", MapType(_S, _D), False), ("category_share", MapType(_S, _D), False),
+       ("creator_hhi", _D, True), ("rec_impressions", _L, False), ("rec_ctr", _D, True),
+       ("rec_conversion", _D, True), ("refund_rate", _D, True), ("social_actions", _L, False)),
+    keys=("user_id", "as_of_date"),
+    partition_by=("as_of_date",),
+)
+
+CREATOR_QUALITY = Table(
+    "gold", "creator_quality",
+    _s(("creator_id", _S, False), ("as_of_date", DateType(), False), ("category", _S, False),
+       ("reads", _L, False), ("completion_rate", _D, True), ("engagement_rate", _D, True),
+       ("repeat_rate", _D, True), ("conversion_rate", _D, True), ("retention_rate", _D, True),
+       ("q", _D, True)),
+    keys=("creator_id", "as_of_date"),
+    partition_by=("as_of_date",),
+    checks={"q_in_unit_range": "q IS NULL OR (q >= 0 AND q <= 1)"},
+)
+
+CREATOR_PLATFORM_PERIOD = Table(
+    "gold", "creator_platform_period",
+    _s(("creator_id", _S, False), ("platform", _S, False), ("as_of_date", DateType(), False),
+       ("period_start", DateType(), False), ("k_items", _L, False), ("reads", _L, False),
+       ("r_reads_per_item", _D, False), ("revenue", REVENUE, False), ("x_revenue_per_read", _D, True),
+       ("r_c", _D, False), ("impressions", _L, False), ("clicks", _L, False), ("rec_reads", _L, False),
+       ("ctr", _D, True), ("rec_read_share", _D, True), ("rec_revenue_share", _D, True), ("e", _D, True)),
+    keys=("creator_id", "platform", "as_of_date"),
+    partition_by=("as_of_date",),
+    checks={"e_in_unit_range": "e IS NULL OR (e >= 0 AND e <= 1)"},
+)
+
+PLATFORM_PERIOD = Table(
+    "gold", "platform_period",
+    _s(("platform", _S, False), ("as_of_date", DateType(), False), ("period_start", DateType(), False),
+       ("m_items_recommended", _L, False), ("rec_reads", _L, False), ("w_reads_per_item", _D, True),
+       ("reads", _L, False), ("revenue", REVENUE, False), ("y_revenue_per_read", _D, True),
+       ("r_p", _D, False), ("active_users", _L, False), ("avg_dau", _D, False), ("paying_users", _L, False),
+       ("arpu", _D, True), ("creators_active", _L, False), ("e_p", _D, True)),
+    keys=("platform", "as_of_date"),
+    partition_by=("as_of_date",),
+)
+
+AGGREGATE_LOG = Table(
+    "gold", "aggregate_log",
+    _s(("as_of_date", DateType(), False), ("silver_version", _L, False), ("horizon_date", DateType(), False),
+       ("dates_recomputed", _L, False), ("full_recompute", BooleanType(), False)),
+    keys=("as_of_date", "silver_version"),
 )
 
 TRUTH_ACCOUNTS = Table(
