@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 import sys
 
+from pyspark import StorageLevel
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -94,8 +95,9 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
 
     start = gold.lookback_start(as_of, cfg.lookback_days)
     period_start = gold.lookback_start(as_of, cfg.period_days)
-    lookback = gold.window(silver, start, as_of)
-    period = gold.window(silver, period_start, as_of)
+    # Features, Q and E all read the lookback window: scan it once.
+    lookback = gold.window(silver, start, as_of).persist(StorageLevel.MEMORY_AND_DISK)
+    period = gold.window(lookback, period_start, as_of)
     history = lake.read(spark, settings, USER_PLATFORM_DAILY)
     as_of_slice = f"as_of_date = DATE'{as_of.isoformat()}'"
 
@@ -110,6 +112,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
     plat = gold.platform_period(period, pairs, platforms, as_of, period_start)
     summary.table(PLATFORM_PERIOD.qualified, lake.replace_where(spark, settings, PLATFORM_PERIOD, plat, as_of_slice))
 
+    lookback.unpersist()
     log_row = spark.createDataFrame([(as_of, silver_version, horizon, len(dates), full)], AGGREGATE_LOG.schema)
     summary.table(AGGREGATE_LOG.qualified, lake.upsert(spark, settings, AGGREGATE_LOG, log_row))
 

@@ -145,6 +145,12 @@ def update_from(spark: SparkSession, settings: Settings, table: Table, df: DataF
     return _last_metrics(delta)[0]
 
 
+def delete_where(spark: SparkSession, settings: Settings, table: Table, condition: str) -> int:
+    """Delete the rows matching ``condition`` (e.g. to withdraw a bad delivery before a replay)."""
+    DeltaTable.forPath(spark, path_of(settings, table)).delete(condition)
+    return version(spark, settings, table)
+
+
 def replace_where(spark: SparkSession, settings: Settings, table: Table, df: DataFrame, condition: str) -> int:
     """Atomically replace the rows matching ``condition`` (the slice a run owns) with ``df``.
 

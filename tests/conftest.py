@@ -7,6 +7,8 @@ import pytest
 from jobs.config import Settings, load_settings
 from jobs.session import build_session
 
+# A small generated lake shared by the integration tests (built once per test run).
+SMALL = ["generate.users=150", "generate.creators=24", "generate.sessions=2500", "generate.defect_rate=0.04"]
 TEST_OVERRIDES = ["spark.master=local[2]", "spark.shuffle_partitions=2", "spark.app_name=ipsynergy-tests"]
 
 
@@ -24,3 +26,18 @@ def spark(tmp_path_factory):
 @pytest.fixture
 def settings(tmp_path) -> Settings:
     return make_settings(tmp_path / "lake")
+
+
+@pytest.fixture(scope="session")
+def small_lake(spark, tmp_path_factory):
+    """(settings, refine summary) of a small generated lake after generate -> ingest -> refine.
+
+    Shared by every integration module, which run in file order; a module that changes the
+    lake says so and leaves it consistent."""
+    from jobs import generate, ingest, refine
+    from jobs.cli import Summary
+
+    settings = make_settings(tmp_path_factory.mktemp("small") / "lake", *SMALL)
+    generate.execute(spark, settings, Summary("generate"))
+    ingest.execute(spark, settings, Summary("ingest"))
+    return settings, refine.execute(spark, settings, Summary("refine"))

@@ -10,11 +10,10 @@ from pyspark.sql import functions as F
 
 from jobs import generate, ingest, lake, refine
 from jobs.cli import Summary
-from tests.conftest import make_settings
+from tests.conftest import SMALL, make_settings
 from transforms import generate as gen
 from transforms.schemas import ACCOUNTS_RAW, EVENTS, EVENTS_RAW, IDENTITY_MAP, INGEST_MANIFEST, QUARANTINE, REFINE_LOG, TRUTH_ACCOUNTS, TRUTH_DEFECTS
 
-SMALL = ["generate.users=150", "generate.creators=24", "generate.sessions=2500", "generate.defect_rate=0.04"]
 
 
 def _files(root: Path) -> dict[str, str]:
@@ -23,12 +22,8 @@ def _files(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def run(spark, tmp_path_factory):
-    root = tmp_path_factory.mktemp("it") / "lake"
-    settings = make_settings(root, *SMALL)
-    generate.execute(spark, settings, Summary("generate"))
-    ingest.execute(spark, settings, Summary("ingest"))
-    first = refine.execute(spark, settings, Summary("refine"))
+def run(spark, small_lake):
+    settings, first = small_lake
     snapshot = {t.qualified: lake.read(spark, settings, t).cache() for t in (EVENTS, QUARANTINE, IDENTITY_MAP, EVENTS_RAW)}
     for df in snapshot.values():
         df.count()
@@ -149,7 +144,7 @@ def test_replayed_files_add_nothing(spark, run, tmp_path):
 
 
 def test_an_account_bridging_two_people_rekeys_their_events(spark, run):
-    # Runs last in this module: it changes the lake.
+    # Runs last in this module: it changes the lake (two people become one, consistently).
     # GIVEN two zhixue accounts of different people, one exporting a phone, the other an email
     settings, _, _ = run
     idm = {(r.platform, r.account_id): r.user_id for r in lake.read(spark, settings, IDENTITY_MAP).collect()}
