@@ -99,6 +99,37 @@ class GoldSettings(_Strict):
         return self
 
 
+class MlflowSettings(_Strict):
+    # null: an SQLite store beside the lake (<lake root>/mlflow.db); or http://host:port.
+    tracking_uri: str | None = None
+    # null: <lake root>/mlartifacts (used when an experiment is first created).
+    artifact_root: str | None = None
+    experiment_prefix: str = "ipsynergy"
+
+
+class PersonaSettings(_Strict):
+    k_min: int = Field(3, ge=2)
+    k_max: int = Field(8, ge=2)
+    # K-means restarts per candidate k (different seeds); the lowest cost wins.
+    restarts: int = Field(3, ge=1)
+    seed: int = 11
+    max_iter: int = Field(60, ge=5)
+    init_steps: int = Field(5, ge=1)
+    tol: float = Field(1e-6, gt=0)
+    # A candidate k is acceptable when its smallest persona holds at least min_share of the
+    # users and two fits on bootstrap samples agree with it (adjusted Rand index) at least
+    # min_stability; among those the best silhouette wins.
+    min_share: float = Field(0.03, ge=0, lt=1)
+    min_stability: float = Field(0.75, ge=-1, le=1)
+    bootstrap_fraction: float = Field(0.8, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _range(self) -> "PersonaSettings":
+        if self.k_max < self.k_min:
+            raise ValueError("k_max must be >= k_min")
+        return self
+
+
 class Settings(_Strict):
     env: str = "local"
     as_of: dt.date
@@ -107,6 +138,8 @@ class Settings(_Strict):
     generate: GenerateSettings = GenerateSettings()
     refine: RefineSettings = RefineSettings()
     gold: GoldSettings = GoldSettings()
+    personas: PersonaSettings = PersonaSettings()
+    mlflow: MlflowSettings = MlflowSettings()
     # conf/platforms/*.yaml, validated with the rest (filled by load_settings).
     platforms: dict[str, "PlatformMapping"] = {}
 
@@ -118,6 +151,19 @@ class Settings(_Strict):
     @property
     def raw_root(self) -> str:
         return resolve_location(self.lake.raw) if self.lake.raw else f"{self.lake_root}/raw"
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.mlflow.tracking_uri:
+            return self.mlflow.tracking_uri
+        if "://" in self.lake_root:
+            raise ValueError("mlflow.tracking_uri must be set when the lake is not on a local disk "
+                             "(an SQLite store needs a local file), e.g. --set mlflow.tracking_uri=http://host:5000")
+        return f"sqlite:///{self.lake_root}/mlflow.db"
+
+    @property
+    def artifact_root(self) -> str:
+        return self.mlflow.artifact_root or f"{self.lake_root}/mlartifacts"
 
     def table_path(self, layer: str, name: str) -> str:
         return f"{self.lake_root}/{layer}/{name}"

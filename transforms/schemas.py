@@ -191,6 +191,30 @@ PLATFORM_PERIOD = Table(
     partition_by=("as_of_date",),
 )
 
+USER_PERSONAS = Table(
+    "gold", "user_personas",
+    _s(("user_id", _S, False), ("as_of_date", DateType(), False), ("persona_id", _I, False),
+       ("persona_label", _S, False), ("distance", _D, False)),
+    keys=("user_id", "as_of_date"),
+    partition_by=("as_of_date",),
+)
+
+PERSONA_PROFILES = Table(
+    "gold", "persona_profiles",
+    _s(("as_of_date", DateType(), False), ("persona_id", _I, False), ("persona_label", _S, False),
+       ("size", _L, False), ("user_share", _D, False), ("revenue_share", _D, True),
+       ("centre", MapType(_S, _D), False), ("top_platforms", ArrayType(_S), False),
+       ("top_categories", ArrayType(_S), False), ("mlflow_run_id", _S, False)),
+    keys=("as_of_date", "persona_id"),
+)
+
+PERSONA_TRANSITIONS = Table(
+    "gold", "persona_transitions",
+    _s(("as_of_date", DateType(), False), ("previous_as_of_date", DateType(), False),
+       ("from_label", _S, False), ("to_label", _S, False), ("users", _L, False)),
+    keys=("as_of_date", "from_label", "to_label"),
+)
+
 AGGREGATE_LOG = Table(
     "gold", "aggregate_log",
     _s(("as_of_date", DateType(), False), ("silver_version", _L, False), ("horizon_date", DateType(), False),

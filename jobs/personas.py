@@ -1,0 +1,202 @@
+"""Personas for one --as-of date: Spark MLlib K-means over gold.user_features.
+
+Prepares the features (signed log of heavy-tailed counts, median imputation, z-scores), fits
+K-means (k-means|| initialisation, several restarts) for every k in personas.k_min..k_max,
+and keeps the best silhouette among the candidates that are stable across bootstrap samples
+and whose smallest persona is big enough. Writes gold.user_personas, gold.persona_profiles
+and gold.persona_transitions (from the previous as_of), replacing this as_of's slice, and logs
+every candidate, the choice, plots and the fitted pipeline to MLflow (experiment
+<prefix>-personas).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import mlflow
+import mlflow.spark
+import pyspark
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs import lake, tracking
+from jobs.cli import Summary, run_job
+from jobs.config import Settings
+from ml import personas as P
+from transforms.schemas import (
+    IDENTITY_MAP, PERSONA_PROFILES, PERSONA_TRANSITIONS, TRUTH_ACCOUNTS, USER_FEATURES, USER_PERSONAS,
+    select_contract,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _plots(z, names: list[str], sizes: list[int], out: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    heat, ax = plt.subplots(figsize=(1.0 + 0.55 * z.shape[1], 1.2 + 0.5 * len(names)))
+    im = ax.imshow(z.values, cmap="RdBu_r", vmin=-2.5, vmax=2.5, aspect="auto")
+    ax.set_xticks(range(z.shape[1]), z.columns, rotation=60, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    heat.colorbar(im, ax=ax, label="centre (z-score)")
+    ax.set_title("Persona centres")
+    heat.tight_layout()
+    bars, bx = plt.subplots(figsize=(7, 1 + 0.45 * len(names)))
+    bx.barh(names, sizes, color="#4477aa")
+    bx.invert_yaxis()
+    bx.set_xlabel("users")
+    bx.set_title("Persona sizes")
+    bars.tight_layout()
+    paths = [out / "persona_centres_z.png", out / "persona_sizes.png"]
+    heat.savefig(paths[0], dpi=110)
+    bars.savefig(paths[1], dpi=110)
+    plt.close("all")
+    return paths
+
+
+def profiles(flat: DataFrame, assigned: DataFrame, categories: list[str], platforms: list[str],
+             names: dict[int, str], as_of, run_id: str) -> DataFrame:
+    """Size, user and revenue shares, centre in original units, top platforms and categories."""
+    cols = P.input_columns(categories)
+    df = assigned.select("user_id", "persona_id").join(flat, "user_id", "inner")
+    total = df.agg(F.count(F.lit(1)).alias("n"), F.sum("monetary").alias("m")).first()
+    plat = [F.avg(F.coalesce(F.col("platform_share")[p], F.lit(0.0))).alias(f"_p_{p}") for p in platforms]
+    agg = df.groupBy("persona_id").agg(
+        F.count(F.lit(1)).alias("size"), F.sum("monetary").alias("_revenue"),
+        *[F.avg(c).alias(f"_c_{c}") for c in cols], *plat)
+
+    def top(prefix: str, keys: list[str], n: int = 2):
+        ranked = F.array_sort(F.array(*[F.struct((-F.col(f"{prefix}{k}")).alias("neg"), F.lit(k).alias("key"))
+                                        for k in keys]))
+        return F.slice(F.transform(F.filter(ranked, lambda s: s["neg"] < 0), lambda s: s["key"]), 1, n)
+
+    label = F.create_map(*[x for i, n in sorted(names.items()) for x in (F.lit(i), F.lit(n))])
+    out = agg.select(
+        F.lit(as_of).alias("as_of_date"), "persona_id", label[F.col("persona_id")].alias("persona_label"), "size",
+        (F.col("size") / F.lit(total["n"])).alias("user_share"),
+        (F.col("_revenue") / F.lit(total["m"]) if total["m"] else F.lit(None)).alias("revenue_share"),
+        F.map_from_arrays(F.array(*[F.lit(c) for c in cols]), F.array(*[F.col(f"_c_{c}") for c in cols])).alias("centre"),
+        top("_p_", platforms).alias("top_platforms"),
+        top("_c_cat_", categories).alias("top_categories"),
+        F.lit(run_id).alias("mlflow_run_id"),
+    )
+    return select_contract(out, PERSONA_PROFILES)
+
+
+def transitions(current: DataFrame, previous: DataFrame, as_of, previous_as_of) -> DataFrame:
+    """Users per (persona before, persona now); "(new)" / "(gone)" for users in one run only."""
+    joined = (previous.select("user_id", F.col("persona_label").alias("from_label"))
+              .join(current.select("user_id", F.col("persona_label").alias("to_label")), "user_id", "full"))
+    out = (joined.fillna({"from_label": "(new)", "to_label": "(gone)"})
+                 .groupBy("from_label", "to_label").agg(F.count(F.lit(1)).alias("users"))
+                 .withColumn("as_of_date", F.lit(as_of)).withColumn("previous_as_of_date", F.lit(previous_as_of)))
+    return select_contract(out, PERSONA_TRANSITIONS)
+
+
+def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summary:
+    as_of, cfg = settings.as_of, settings.personas
+    features = lake.read(spark, settings, USER_FEATURES).where(F.col("as_of_date") == F.lit(as_of))
+    n_users = features.count()
+    if n_users < cfg.k_max * 2:
+        raise FileNotFoundError(f"gold.user_features holds {n_users} users for as_of {as_of}; "
+                                f"run jobs.aggregate --as-of {as_of} first (K-means needs at least {cfg.k_max * 2})")
+    features_version = lake.version(spark, settings, USER_FEATURES)
+    categories = sorted(r[0] for r in features.select(F.explode(F.map_keys("category_share"))).distinct().collect())
+    platforms = sorted(settings.platforms)
+    flat = P.flatten(features, categories)
+    prep = P.prep_pipeline(categories).fit(flat)
+    data = prep.transform(flat).select("user_id", P.PREP_OUT).persist(StorageLevel.MEMORY_AND_DISK)
+    summary.count("users", data.count())
+
+    def progress(c: P.Candidate) -> None:
+        log.info("k=%d silhouette %.3f stability (ARI) %.3f smallest share %.3f cost %.1f",
+                 c.k, c.silhouette, c.stability, c.min_share, c.cost)
+
+    selection = P.choose_k(data, cfg, progress)
+    best = selection.chosen
+    z = P.centres_z(best.model, categories)
+    names = dict(enumerate(P.labels(z)))
+    assigned = best.model.transform(data)
+    assigned = assigned.withColumn("distance", P.distance_to_centre(assigned, best.model)).persist(StorageLevel.MEMORY_AND_DISK)
+    sizes = {r.persona_id: r.n for r in assigned.groupBy("persona_id").agg(F.count(F.lit(1)).alias("n")).collect()}
+
+    tracking.experiment(settings, "personas")
+    with mlflow.start_run(run_name=f"personas-{as_of}") as run:
+        mlflow.log_params({"as_of": str(as_of), "k_range": f"{cfg.k_min}-{cfg.k_max}", "restarts": cfg.restarts,
+                           "seed": cfg.seed, "max_iter": cfg.max_iter, "init_mode": "k-means||",
+                           "init_steps": cfg.init_steps, "min_share": cfg.min_share,
+                           "min_stability": cfg.min_stability, "features": ",".join(P.input_columns(categories)),
+                           "chosen_k": best.k, "selection": selection.reason})
+        mlflow.log_input(mlflow.data.from_spark(features, path=lake.path_of(settings, USER_FEATURES),
+                                                name=f"{USER_FEATURES.qualified}@v{features_version}"), context="training")
+        for c in selection.candidates:
+            for key, value in c.metrics.items():
+                mlflow.log_metric(key, value, step=c.k)          # one chart per metric across k
+                mlflow.log_metric(f"{key}_k{c.k}", value)        # one column per k in the runs table
+        mlflow.log_metrics({"chosen_k": best.k, "silhouette_chosen": best.silhouette,
+                            "stability_ari_chosen": best.stability})
+        with tempfile.TemporaryDirectory() as tmp:
+            ordered = [names[i] for i in range(best.k)]
+            for path in _plots(z.set_axis(ordered), ordered, [sizes.get(i, 0) for i in range(best.k)], Path(tmp)):
+                mlflow.log_artifact(str(path), "plots")
+        mlflow.spark.log_model(P.fitted_pipeline(prep, best.model), artifact_path="persona_pipeline",
+                               pip_requirements=[f"pyspark=={pyspark.__version__}"])
+        run_id = run.info.run_id
+
+    as_of_slice = f"as_of_date = DATE'{as_of.isoformat()}'"
+    label = F.create_map(*[x for i, n in sorted(names.items()) for x in (F.lit(i), F.lit(n))])
+    personas = select_contract(assigned.select("user_id", F.lit(as_of).alias("as_of_date"), "persona_id",
+                                               label[F.col("persona_id")].alias("persona_label"), "distance"),
+                               USER_PERSONAS)
+    summary.table(USER_PERSONAS.qualified, lake.replace_where(spark, settings, USER_PERSONAS, personas, as_of_slice))
+    prof = profiles(flat, assigned, categories, platforms, names, as_of, run_id)
+    summary.table(PERSONA_PROFILES.qualified, lake.replace_where(spark, settings, PERSONA_PROFILES, prof, as_of_slice))
+
+    written = lake.read(spark, settings, USER_PERSONAS)
+    previous_as_of = written.where(F.col("as_of_date") < F.lit(as_of)).agg(F.max("as_of_date")).first()[0]
+    if previous_as_of is not None:
+        moves = transitions(written.where(F.col("as_of_date") == F.lit(as_of)),
+                            written.where(F.col("as_of_date") == F.lit(previous_as_of)), as_of, previous_as_of)
+        summary.table(PERSONA_TRANSITIONS.qualified,
+                      lake.replace_where(spark, settings, PERSONA_TRANSITIONS, moves, as_of_slice))
+        stayed = moves.where("from_label = to_label").agg(F.sum("users")).first()[0] or 0
+        summary.note(f"transitions from {previous_as_of}: {stayed:,} users kept their persona "
+                     "(gold.persona_transitions)")
+
+    summary.note(f"k = {best.k} ({selection.reason}); silhouette {best.silhouette:.3f}, "
+                 f"stability ARI {best.stability:.3f}; MLflow run {run_id}")
+    summary.note("candidates: " + "; ".join(f"k={c.k} sil {c.silhouette:.3f} ari {c.stability:.2f} "
+                                             f"min {c.min_share:.1%}" for c in selection.candidates))
+    summary.note(f"{'persona':<58} {'users':>7} {'share':>7} {'revenue':>8}")
+    for r in lake.read(spark, settings, PERSONA_PROFILES).where(F.col("as_of_date") == F.lit(as_of)).orderBy(F.desc("size")).collect():
+        rev = "n/a" if r.revenue_share is None else f"{r.revenue_share:.1%}"
+        summary.note(f"{r.persona_label[:58]:<58} {r.size:>7,} {r.user_share:>7.1%} {rev:>8}")
+    ari = against_truth(spark, settings, assigned)
+    if ari is not None:
+        summary.note(f"evaluation: adjusted Rand index vs planted personas {ari:.3f} (truth is not used by the job)")
+    data.unpersist()
+    assigned.unpersist()
+    return summary
+
+
+def against_truth(spark: SparkSession, settings: Settings, assigned: DataFrame) -> float | None:
+    """ARI of the personas against the generator's planted ones (evaluation only)."""
+    if not lake.exists(spark, settings, TRUTH_ACCOUNTS):
+        return None
+    truth = (lake.read(spark, settings, TRUTH_ACCOUNTS)
+             .join(lake.read(spark, settings, IDENTITY_MAP), ["platform", "account_id"], "inner")
+             .groupBy("user_id").agg(F.min("persona").alias("planted")))
+    return P.adjusted_rand_index(assigned.join(truth, "user_id", "inner"), "persona_id", "planted")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job("jobs.personas", __doc__, argv, execute)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""User personas with Spark MLlib: feature preparation, K-means over candidate k, selection by
+silhouette, stability and minimum share, readable labels, and per-persona profiles.
+
+Pure functions over DataFrames; nothing here reads or writes storage or MLflow. Everything
+that touches users runs in Spark; only k x k contingency tables and k centres reach the driver.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml.clustering import KMeans, KMeansModel
+from pyspark.ml.evaluation import ClusteringEvaluator
+from pyspark.ml.feature import Imputer, SQLTransformer, StandardScaler, VectorAssembler
+from pyspark.ml.functions import vector_to_array
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from jobs.config import PersonaSettings
+
+# Heavy-tailed counts and amounts enter as sign(x) * ln(1 + |x|).
+LOG_FEATURES = ("events", "active_days", "monetary", "orders", "avg_order_value", "watch_hours",
+                "social_actions", "recency_days")
+PLAIN_FEATURES = ("completion_rate", "rec_ctr", "refund_rate", "platforms_used")
+# What a high (or low) centre on a feature says about a persona; None: not worth saying.
+PHRASES = {
+    "events": ("very active", "barely active"),
+    "active_days": ("frequent visitors", "rare visitors"),
+    "monetary": ("high-spend", "low-spend"),
+    "orders": ("frequent buyers", "non-buyers"),
+    "avg_order_value": ("premium buyers", "budget buyers"),
+    "watch_hours": ("long watchers", "short watchers"),
+    "social_actions": ("social", "quiet"),
+    "recency_days": ("lapsed", "recently active"),
+    "completion_rate": ("completers", "drop-outs"),
+    "rec_ctr": ("recommendation-driven", "recommendation-averse"),
+    "refund_rate": ("refund-prone", "refund-free"),
+    "platforms_used": ("cross-platform", "single-platform"),
+}
+PREP_OUT = "features"
+
+
+def category_column(category: str) -> str:
+    return f"cat_{category}"
+
+
+def flatten(features: DataFrame, categories: list[str]) -> DataFrame:
+    """gold.user_features with the category mix as one column per category (0 when absent)."""
+    return features.select("*", *[F.coalesce(F.col("category_share")[c], F.lit(0.0)).alias(category_column(c))
+                                  for c in categories])
+
+
+def input_columns(categories: list[str]) -> list[str]:
+    return [*LOG_FEATURES, *PLAIN_FEATURES, *[category_column(c) for c in categories]]
+
+
+def prep_pipeline(categories: list[str]) -> Pipeline:
+    """signed log1p -> median imputation -> assembly -> standardisation (z-scores)."""
+    cols = input_columns(categories)
+    logged = ", ".join(f"SIGN({c}) * LN(1 + ABS({c})) AS _t_{c}" for c in LOG_FEATURES)
+    plain = ", ".join(f"CAST({c} AS DOUBLE) AS _t_{c}" for c in cols if c not in LOG_FEATURES)
+    sql = SQLTransformer(statement=f"SELECT *, {logged}, {plain} FROM __THIS__")
+    transformed = [f"_t_{c}" for c in cols]
+    imputed = [f"_i_{c}" for c in cols]
+    return Pipeline(stages=[
+        sql,
+        Imputer(inputCols=transformed, outputCols=imputed, strategy="median"),
+        VectorAssembler(inputCols=imputed, outputCol="_raw_vector"),
+        StandardScaler(inputCol="_raw_vector", outputCol=PREP_OUT, withMean=True, withStd=True),
+    ])
+
+
+def kmeans(k: int, seed: int, cfg: PersonaSettings) -> KMeans:
+    return KMeans(k=k, seed=seed, initMode="k-means||", initSteps=cfg.init_steps, maxIter=cfg.max_iter,
+                  tol=cfg.tol, featuresCol=PREP_OUT, predictionCol="persona_id")
+
+
+def fit_best_of(data: DataFrame, k: int, cfg: PersonaSettings, seed: int) -> KMeansModel:
+    """The lowest-cost of ``cfg.restarts`` fits (different seeds): a guard against poor local optima."""
+    fits = [kmeans(k, seed + 1000 * r, cfg).fit(data) for r in range(cfg.restarts)]
+    return min(fits, key=lambda m: (m.summary.trainingCost, fits.index(m)))
+
+
+def adjusted_rand_index(df: DataFrame, a: str, b: str) -> float:
+    """Adjusted Rand index of two labelings of the same rows, from their contingency table
+    (computed in Spark; only the k_a x k_b counts reach the driver)."""
+    counts = [r["n"] for r in df.groupBy(a, b).agg(F.count(F.lit(1)).alias("n")).collect()]
+    rows = df.groupBy(a).agg(F.count(F.lit(1)).alias("n")).collect()
+    cols = df.groupBy(b).agg(F.count(F.lit(1)).alias("n")).collect()
+    pairs = lambda n: n * (n - 1) / 2  # noqa: E731
+    n = sum(counts)
+    index = sum(pairs(c) for c in counts)
+    sum_a, sum_b = sum(pairs(r["n"]) for r in rows), sum(pairs(r["n"]) for r in cols)
+    expected = sum_a * sum_b / pairs(n) if n > 1 else 0.0
+    maximum = (sum_a + sum_b) / 2
+    return 1.0 if math.isclose(maximum, expected) else (index - expected) / (maximum - expected)
+
+
+@dataclass
+class Candidate:
+    k: int
+    model: KMeansModel
+    silhouette: float
+    stability: float
+    min_share: float
+    cost: float
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return {"silhouette": self.silhouette, "stability_ari": self.stability, "min_share": self.min_share,
+                "cost": self.cost}
+
+
+@dataclass
+class Selection:
+    chosen: Candidate
+    candidates: list[Candidate] = field(default_factory=list)
+    reason: str = ""
+
+
+def evaluate_k(data: DataFrame, k: int, cfg: PersonaSettings) -> Candidate:
+    """Fit k on all rows; score its silhouette, its smallest share, and its stability: the
+    agreement (ARI) on all rows of two fits made on different bootstrap samples."""
+    model = fit_best_of(data, k, cfg, cfg.seed)
+    predicted = model.transform(data)
+    silhouette = ClusteringEvaluator(featuresCol=PREP_OUT, predictionCol="persona_id", metricName="silhouette",
+                                     distanceMeasure="squaredEuclidean").evaluate(predicted)
+    sizes = [r["n"] for r in predicted.groupBy("persona_id").agg(F.count(F.lit(1)).alias("n")).collect()]
+    boots = []
+    for b in (1, 2):
+        sample = data.sample(withReplacement=False, fraction=cfg.bootstrap_fraction, seed=cfg.seed + 77 * b)
+        boots.append(fit_best_of(sample, k, cfg, cfg.seed + 7919 * b))
+    both = boots[1].transform(boots[0].transform(data).withColumnRenamed("persona_id", "a")).withColumnRenamed("persona_id", "b")
+    stability = adjusted_rand_index(both, "a", "b")
+    return Candidate(k, model, silhouette, stability, min(sizes) / sum(sizes) if len(sizes) == k else 0.0,
+                     model.summary.trainingCost)
+
+
+def choose_k(data: DataFrame, cfg: PersonaSettings, progress=lambda c: None) -> Selection:
+    """Every k in [k_min, k_max]; the best silhouette among the stable candidates whose
+    smallest persona is big enough (else the best silhouette overall, and say so)."""
+    candidates = []
+    for k in range(cfg.k_min, cfg.k_max + 1):
+        candidates.append(evaluate_k(data, k, cfg))
+        progress(candidates[-1])
+    ok = [c for c in candidates if c.min_share >= cfg.min_share and c.stability >= cfg.min_stability]
+    if ok:
+        best = max(ok, key=lambda c: (c.silhouette, -c.k))
+        return Selection(best, candidates, f"best silhouette among {len(ok)} stable candidates with min share "
+                                           f">= {cfg.min_share}")
+    best = max(candidates, key=lambda c: (c.silhouette, -c.k))
+    return Selection(best, candidates, "no candidate met the stability and minimum-share bars; best silhouette")
+
+
+def centres_z(model: KMeansModel, categories: list[str]) -> pd.DataFrame:
+    """Persona x feature centres in z-scores of the prepared features."""
+    return pd.DataFrame(np.array(model.clusterCenters()), columns=input_columns(categories))
+
+
+def labels(z: pd.DataFrame, threshold: float = 0.5) -> list[str]:
+    """A readable, distinct label per persona from the features where its centre stands out
+    most (largest |z|, ties by name), e.g. "lapsed, single-platform, finance-focused"."""
+    def phrases(row: pd.Series) -> list[str]:
+        order = sorted(row.index, key=lambda c: (-abs(row[c]), c))
+        out = []
+        for col in order:
+            if abs(row[col]) < threshold:
+                break
+            if col.startswith("cat_"):
+                if row[col] > 0:
+                    out.append(f"{col[4:]}-focused")
+            else:
+                high, low = PHRASES[col]
+                out.append(high if row[col] > 0 else low)
+        return out or ["typical users"]
+
+    all_phrases = [phrases(z.loc[i]) for i in z.index]
+    depth = [min(2, len(p)) for p in all_phrases]
+    while True:
+        names = [", ".join(p[:d]) for p, d in zip(all_phrases, depth)]
+        clashes = {n for n in names if names.count(n) > 1}
+        grow = [i for i, n in enumerate(names) if n in clashes and depth[i] < len(all_phrases[i])]
+        if not clashes:
+            return names
+        if not grow:  # identical phrase lists: number them
+            return [f"{n} #{i}" if n in clashes else n for i, n in enumerate(names)]
+        for i in grow:
+            depth[i] += 1
+
+
+def distance_to_centre(predicted: DataFrame, model: KMeansModel) -> Column:
+    """Euclidean distance (z-space) from each row's features to its persona's centre, in Spark."""
+    centres = F.array(*[F.array(*[F.lit(float(v)) for v in c]) for c in model.clusterCenters()])
+    mine = F.element_at(centres, F.col("persona_id") + 1)
+    diff = F.zip_with(vector_to_array(F.col(PREP_OUT)), mine, lambda x, c: (x - c) * (x - c))
+    return F.sqrt(F.aggregate(diff, F.lit(0.0), lambda acc, x: acc + x))
+
+
+def fitted_pipeline(prep: PipelineModel, model: KMeansModel) -> PipelineModel:
+    """One model that turns gold.user_features (flattened) into persona ids."""
+    return PipelineModel(stages=[*prep.stages, model])

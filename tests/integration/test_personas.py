@@ -1,0 +1,108 @@
+"""jobs.personas on the small generated lake: every user gets one persona, profiles add up,
+MLflow holds every candidate and a model that reproduces the table, transitions between two
+as_of dates, and the planted personas are recovered."""
+import datetime as dt
+
+import mlflow
+import mlflow.spark
+import pytest
+from pyspark.sql import functions as F
+
+from jobs import aggregate, lake, personas
+from jobs.cli import Summary
+from ml import personas as P
+from transforms.schemas import PERSONA_PROFILES, PERSONA_TRANSITIONS, USER_FEATURES, USER_PERSONAS
+
+FIRST, AS_OF = dt.date(2026, 6, 20), dt.date(2026, 6, 30)
+OVERRIDES = {"k_min": 3, "k_max": 6, "restarts": 1}
+
+
+def at(settings, as_of):
+    return settings.model_copy(update={"as_of": as_of, "personas": settings.personas.model_copy(update=OVERRIDES)})
+
+
+@pytest.fixture(scope="module")
+def runs(spark, small_lake):
+    settings, _ = small_lake
+    for as_of in (FIRST, AS_OF):  # gold exists when test_gold ran before; build it otherwise
+        if not lake.exists(spark, settings, USER_FEATURES) or \
+                lake.read(spark, settings, USER_FEATURES).where(F.col("as_of_date") == F.lit(as_of)).limit(1).count() == 0:
+            aggregate.execute(spark, at(settings, as_of), Summary("aggregate"))
+    first = personas.execute(spark, at(settings, FIRST), Summary("personas"))
+    second = personas.execute(spark, at(settings, AS_OF), Summary("personas"))
+    return settings, first, second
+
+
+def slice_of(spark, settings, table, as_of=AS_OF):
+    return lake.read(spark, settings, table).where(F.col("as_of_date") == F.lit(as_of))
+
+
+def test_every_user_gets_exactly_one_persona(spark, runs):
+    settings, _, _ = runs
+    users = slice_of(spark, settings, USER_FEATURES).select("user_id")
+    got = slice_of(spark, settings, USER_PERSONAS)
+    assert got.count() == got.select("user_id").distinct().count() == users.count()
+    assert got.join(users, "user_id", "left_anti").count() == 0
+    assert got.where("distance < 0 OR persona_label = ''").count() == 0
+
+
+def test_profiles_add_up_and_labels_are_distinct(spark, runs):
+    settings, _, second = runs
+    prof = slice_of(spark, settings, PERSONA_PROFILES).collect()
+    assigned = {r.persona_id: r["count"] for r in slice_of(spark, settings, USER_PERSONAS).groupBy("persona_id").count().collect()}
+    assert {r.persona_id: r.size for r in prof} == assigned
+    assert sum(r.user_share for r in prof) == pytest.approx(1.0)
+    assert sum(r.revenue_share for r in prof) == pytest.approx(1.0)
+    assert len({r.persona_label for r in prof}) == len(prof) >= 3
+    assert all(r.top_platforms and r.top_categories and set(r.centre) == set(P.LOG_FEATURES + P.PLAIN_FEATURES) | {
+        k for k in r.centre if k.startswith("cat_")} for r in prof)
+    # the summary prints the persona table
+    assert sum(1 for n in second.notes if any(r.persona_label[:58] in n for r in prof)) >= len(prof)
+
+
+def test_mlflow_holds_every_candidate_and_a_model_that_reproduces_the_table(spark, runs):
+    settings, _, _ = runs
+    prof = slice_of(spark, settings, PERSONA_PROFILES).first()
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    run = mlflow.get_run(prof.mlflow_run_id)
+    assert {f"silhouette_k{k}" for k in range(3, 7)} <= set(run.data.metrics)
+    assert int(run.data.params["chosen_k"]) == int(run.data.metrics["chosen_k"]) == \
+        slice_of(spark, settings, USER_PERSONAS).select("persona_id").distinct().count()
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "silhouette")
+    assert sorted(m.step for m in history) == [3, 4, 5, 6]
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "plots")}
+    assert artifacts == {"plots/persona_centres_z.png", "plots/persona_sizes.png"}
+    # log -> load round trip on the real features: the same persona for every user
+    model = mlflow.spark.load_model(f"runs:/{run.info.run_id}/persona_pipeline")
+    features = slice_of(spark, settings, USER_FEATURES)
+    categories = [c[len("cat_"):] for c in prof.centre if c.startswith("cat_")]
+    predicted = {r.user_id: r.persona_id for r in model.transform(P.flatten(features, sorted(categories))).collect()}
+    assert predicted == {r.user_id: r.persona_id for r in slice_of(spark, settings, USER_PERSONAS).collect()}
+
+
+def test_transitions_account_for_every_user_of_both_runs(spark, runs):
+    settings, _, second = runs
+    moves = slice_of(spark, settings, PERSONA_TRANSITIONS).collect()
+    assert {r.previous_as_of_date for r in moves} == {FIRST}
+    before = slice_of(spark, settings, USER_PERSONAS, FIRST).count()
+    now = slice_of(spark, settings, USER_PERSONAS).count()
+    assert sum(r.users for r in moves if r.from_label != "(new)") == before
+    assert sum(r.users for r in moves if r.to_label != "(gone)") == now
+    assert any("transitions from 2026-06-20" in n for n in second.notes)
+
+
+def test_rerun_replaces_the_slice(spark, runs):
+    settings, _, _ = runs
+    personas.execute(spark, at(settings, AS_OF), Summary("personas"))
+    got = slice_of(spark, settings, USER_PERSONAS)
+    assert got.count() == got.select("user_id").distinct().count()
+    assert slice_of(spark, settings, PERSONA_PROFILES).select("persona_id").distinct().count() == \
+        slice_of(spark, settings, PERSONA_PROFILES).count()
+
+
+def test_planted_personas_are_recovered(spark, runs):
+    settings, _, second = runs
+    assigned = slice_of(spark, settings, USER_PERSONAS)
+    ari = personas.against_truth(spark, settings, assigned)
+    assert ari >= 0.8
+    assert any("adjusted Rand index vs planted personas" in n for n in second.notes)
