@@ -8,7 +8,8 @@ JARS_STAMP := .cache/ivy/.fetched
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test clean
+MLFLOW_PORT ?= 5000
+.PHONY: help setup run test mlflow-ui clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,6 +31,9 @@ run: setup ## run the whole pipeline on generated data into lake/ (ARGS="--set k
 
 test: setup ## run the test suite (unit + integration)
 	$(PY) -m pytest $(ARGS)
+
+mlflow-ui: setup ## open the MLflow UI on the lake's runs at http://127.0.0.1:$(MLFLOW_PORT)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/lake/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 clean: ## remove the lake, caches of test runs and build output (keeps .venv and jars)
 	rm -rf lake spark-warehouse .pytest_cache dist build *.egg-info
