@@ -93,6 +93,10 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
             log.info("writing %s for %d dates", table.qualified, len(dates))
             summary.table(table.qualified, lake.replace_where(spark, settings, table, frame, slice_sql))
 
+    if not lake.exists(spark, settings, USER_PLATFORM_DAILY):
+        raise FileNotFoundError(f"silver.events has no event on or before {as_of}: nothing to aggregate "
+                                "(check --as-of, or run jobs.refine)")
+
     start = gold.lookback_start(as_of, cfg.lookback_days)
     period_start = gold.lookback_start(as_of, cfg.period_days)
     # Features, Q and E all read the lookback window: scan it once.
@@ -108,6 +112,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
     pairs = gold.creator_platform_period(period, lookback, as_of, period_start)
     summary.table(CREATOR_PLATFORM_PERIOD.qualified,
                   lake.replace_where(spark, settings, CREATOR_PLATFORM_PERIOD, pairs, as_of_slice))
+    # E(P) averages the E(P, C) just written: read them back rather than recompute the ranking.
     pairs = lake.read(spark, settings, CREATOR_PLATFORM_PERIOD).where(F.col("as_of_date") == F.lit(as_of))
     plat = gold.platform_period(period, pairs, platforms, as_of, period_start)
     summary.table(PLATFORM_PERIOD.qualified, lake.replace_where(spark, settings, PLATFORM_PERIOD, plat, as_of_slice))

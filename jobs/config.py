@@ -111,7 +111,7 @@ class PersonaSettings(_Strict):
     k_min: int = Field(3, ge=2)
     k_max: int = Field(8, ge=2)
     # K-means restarts per candidate k (different seeds); the lowest cost wins.
-    restarts: int = Field(3, ge=1)
+    restarts: int = Field(2, ge=1)
     seed: int = 11
     max_iter: int = Field(60, ge=5)
     init_steps: int = Field(5, ge=1)
@@ -152,14 +152,16 @@ class Settings(_Strict):
     def raw_root(self) -> str:
         return resolve_location(self.lake.raw) if self.lake.raw else f"{self.lake_root}/raw"
 
+    @model_validator(mode="after")
+    def _tracking_store(self) -> "Settings":
+        if not self.mlflow.tracking_uri and "://" in self.lake_root:
+            raise ValueError("mlflow.tracking_uri must be set when the lake is not on a local disk (the default "
+                             "SQLite store needs a local file), e.g. --set mlflow.tracking_uri=http://host:5000")
+        return self
+
     @property
     def tracking_uri(self) -> str:
-        if self.mlflow.tracking_uri:
-            return self.mlflow.tracking_uri
-        if "://" in self.lake_root:
-            raise ValueError("mlflow.tracking_uri must be set when the lake is not on a local disk "
-                             "(an SQLite store needs a local file), e.g. --set mlflow.tracking_uri=http://host:5000")
-        return f"sqlite:///{self.lake_root}/mlflow.db"
+        return self.mlflow.tracking_uri or f"sqlite:///{self.lake_root}/mlflow.db"
 
     @property
     def artifact_root(self) -> str:

@@ -75,9 +75,8 @@ def profiles(flat: DataFrame, assigned: DataFrame, categories: list[str], platfo
                                         for k in keys]))
         return F.slice(F.transform(F.filter(ranked, lambda s: s["neg"] < 0), lambda s: s["key"]), 1, n)
 
-    label = F.create_map(*[x for i, n in sorted(names.items()) for x in (F.lit(i), F.lit(n))])
     out = agg.select(
-        F.lit(as_of).alias("as_of_date"), "persona_id", label[F.col("persona_id")].alias("persona_label"), "size",
+        F.lit(as_of).alias("as_of_date"), "persona_id", P.label_column(names).alias("persona_label"), "size",
         (F.col("size") / F.lit(total["n"])).alias("user_share"),
         (F.col("_revenue") / F.lit(total["m"]) if total["m"] else F.lit(None)).alias("revenue_share"),
         F.map_from_arrays(F.array(*[F.lit(c) for c in cols]), F.array(*[F.col(f"_c_{c}") for c in cols])).alias("centre"),
@@ -111,7 +110,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
     flat = P.flatten(features, categories)
     prep = P.prep_pipeline(categories).fit(flat)
     data = prep.transform(flat).select("user_id", P.PREP_OUT).persist(StorageLevel.MEMORY_AND_DISK)
-    summary.count("users", data.count())
+    summary.count("users", n_users)
 
     def progress(c: P.Candidate) -> None:
         log.info("k=%d silhouette %.3f stability (ARI) %.3f smallest share %.3f cost %.1f",
@@ -123,7 +122,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
     names = dict(enumerate(P.labels(z)))
     assigned = best.model.transform(data)
     assigned = assigned.withColumn("distance", P.distance_to_centre(assigned, best.model)).persist(StorageLevel.MEMORY_AND_DISK)
-    sizes = {r.persona_id: r.n for r in assigned.groupBy("persona_id").agg(F.count(F.lit(1)).alias("n")).collect()}
+    sizes = best.model.summary.clusterSizes  # counted when the model was fitted on these rows
 
     tracking.experiment(settings, "personas")
     with mlflow.start_run(run_name=f"personas-{as_of}") as run:
@@ -142,16 +141,15 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
                             "stability_ari_chosen": best.stability})
         with tempfile.TemporaryDirectory() as tmp:
             ordered = [names[i] for i in range(best.k)]
-            for path in _plots(z.set_axis(ordered), ordered, [sizes.get(i, 0) for i in range(best.k)], Path(tmp)):
+            for path in _plots(z.set_axis(ordered), ordered, sizes, Path(tmp)):
                 mlflow.log_artifact(str(path), "plots")
         mlflow.spark.log_model(P.fitted_pipeline(prep, best.model), artifact_path="persona_pipeline",
                                pip_requirements=[f"pyspark=={pyspark.__version__}"])
         run_id = run.info.run_id
 
     as_of_slice = f"as_of_date = DATE'{as_of.isoformat()}'"
-    label = F.create_map(*[x for i, n in sorted(names.items()) for x in (F.lit(i), F.lit(n))])
     personas = select_contract(assigned.select("user_id", F.lit(as_of).alias("as_of_date"), "persona_id",
-                                               label[F.col("persona_id")].alias("persona_label"), "distance"),
+                                               P.label_column(names).alias("persona_label"), "distance"),
                                USER_PERSONAS)
     summary.table(USER_PERSONAS.qualified, lake.replace_where(spark, settings, USER_PERSONAS, personas, as_of_slice))
     prof = profiles(flat, assigned, categories, platforms, names, as_of, run_id)

@@ -81,7 +81,7 @@ def kmeans(k: int, seed: int, cfg: PersonaSettings) -> KMeans:
 def fit_best_of(data: DataFrame, k: int, cfg: PersonaSettings, seed: int) -> KMeansModel:
     """The lowest-cost of ``cfg.restarts`` fits (different seeds): a guard against poor local optima."""
     fits = [kmeans(k, seed + 1000 * r, cfg).fit(data) for r in range(cfg.restarts)]
-    return min(fits, key=lambda m: (m.summary.trainingCost, fits.index(m)))
+    return min(fits, key=lambda m: m.summary.trainingCost)  # first of equals: deterministic
 
 
 def adjusted_rand_index(df: DataFrame, a: str, b: str) -> float:
@@ -189,6 +189,11 @@ def labels(z: pd.DataFrame, threshold: float = 0.5) -> list[str]:
             return [f"{n} #{i}" if n in clashes else n for i, n in enumerate(names)]
         for i in grow:
             depth[i] += 1
+
+
+def label_column(names: dict[int, str]) -> Column:
+    """The label of each row's ``persona_id``."""
+    return F.create_map(*[x for i, n in sorted(names.items()) for x in (F.lit(i), F.lit(n))])[F.col("persona_id")]
 
 
 def distance_to_centre(predicted: DataFrame, model: KMeansModel) -> Column:

@@ -105,3 +105,32 @@ def test_mapping_name_must_match_its_file(tmp_path):
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(_mapping()))
     with pytest.raises(ConfigError, match="other.yaml: name 'demo' must equal the file name 'other'"):
         load_platforms(tmp_path)
+
+
+def test_gold_period_must_fit_in_the_lookback():
+    with pytest.raises(ConfigError, match=r"gold: Value error, period_days must not exceed lookback_days"):
+        load_settings("local", ["gold.period_days=120"])
+
+
+def test_quality_weights_name_known_signals():
+    with pytest.raises(ConfigError, match=r"gold\.quality_weights\.popularity"):
+        load_settings("local", ["gold.quality_weights={popularity: 1.0}"])
+
+
+def test_persona_k_range_must_be_ordered():
+    with pytest.raises(ConfigError, match=r"personas: Value error, k_max must be >= k_min"):
+        load_settings("local", ["personas.k_min=6", "personas.k_max=4"])
+
+
+def test_a_remote_lake_needs_a_tracking_server(monkeypatch):
+    monkeypatch.delenv("IPSYNERGY_LAKE_ROOT", raising=False)
+    with pytest.raises(ConfigError, match=r"mlflow\.tracking_uri must be set when the lake is not on a local disk"):
+        load_settings("local", ["lake.root=s3a://bucket/lake"])
+    ok = load_settings("local", ["lake.root=s3a://bucket/lake", "mlflow.tracking_uri=http://127.0.0.1:5000"])
+    assert ok.tracking_uri == "http://127.0.0.1:5000"
+
+
+def test_default_tracking_store_is_sqlite_beside_the_lake(tmp_path, monkeypatch):
+    monkeypatch.delenv("IPSYNERGY_LAKE_ROOT", raising=False)
+    s = load_settings("local", [f"lake.root={tmp_path}"])
+    assert s.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db" and s.artifact_root == f"{tmp_path}/mlartifacts"
