@@ -9,7 +9,7 @@ ARGS ?=
 
 .DEFAULT_GOAL := help
 MLFLOW_PORT ?= 5000
-.PHONY: help setup run test mlflow-ui clean
+.PHONY: help setup run test train-sweep mlflow-ui clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ run: setup ## run the whole pipeline on generated data into lake/ (ARGS="--set k
 
 test: setup ## run the test suite (unit + integration)
 	$(PY) -m pytest $(ARGS)
+
+train-sweep: setup ## train one revenue-model run per train.sweep entry on lake/ (after make run)
+	$(PY) -m jobs.train --sweep $(ARGS)
 
 mlflow-ui: setup ## open the MLflow UI on the lake's runs at http://127.0.0.1:$(MLFLOW_PORT)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/lake/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)

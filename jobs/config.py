@@ -59,9 +59,9 @@ class GenerateSettings(_Strict):
     users: int = Field(3000, ge=10)
     creators: int = Field(120, ge=4)
     items_per_creator: int = Field(4, ge=1)
-    sessions: int = Field(120_000, ge=100)
-    start_date: dt.date = dt.date(2026, 3, 1)
-    days: int = Field(122, ge=1)
+    sessions: int = Field(180_000, ge=100)
+    start_date: dt.date = dt.date(2026, 1, 1)
+    days: int = Field(181, ge=1)
     defect_rate: float = Field(0.01, ge=0.0, le=0.5)
     files_per_platform: int = Field(2, ge=1)
 
@@ -130,6 +130,64 @@ class PersonaSettings(_Strict):
         return self
 
 
+class NetSettings(_Strict):
+    """Hyperparameters of the torch revenue regressor (one sweep entry overrides some of them)."""
+    # ziln: zero-inflated lognormal likelihood; tweedie: Tweedie deviance (power 1.5), log link.
+    loss: Literal["ziln", "tweedie"] = "ziln"
+    hidden: tuple[int, ...] = (64, 32)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    learning_rate: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    batch_size: int = Field(256, ge=8)
+    max_epochs: int = Field(120, ge=1)
+    # Stop when the validation loss has not improved for this many epochs (best weights kept).
+    patience: int = Field(12, ge=1)
+
+    @field_validator("hidden")
+    @classmethod
+    def _layers(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(n < 1 for n in v):
+            raise ValueError("hidden must list at least one positive layer width")
+        return v
+
+
+class TrainSettings(_Strict):
+    # Label: net revenue in the horizon_days after the feature date t.
+    horizon_days: int = Field(30, ge=1)
+    # Training feature dates: `windows` dates, window_step_days apart, the latest one
+    # horizon_days before the test date (as_of - horizon_days), so no training label
+    # overlaps the test label window.
+    windows: int = Field(4, ge=1)
+    window_step_days: int = Field(7, ge=1)
+    # A training date needs at least this much history before it (default: a full lookback,
+    # so that training features are computed like the test date's).
+    min_history_days: int = Field(90, ge=0)
+    # Rows kept for training (with validation), and for test, by stratified sampling (persona x
+    # payer); weights undo the sampling.
+    sample_cap: int = Field(200_000, ge=100)
+    validation_share: float = Field(0.2, gt=0, lt=1)
+    seed: int = 5
+    net: NetSettings = NetSettings()
+    # `jobs.train --sweep` runs one configuration per entry: net overrides, e.g. {hidden: [128, 64]}.
+    sweep: list[dict[str, Any]] = [{"hidden": (32,)}, {"hidden": (128, 64), "dropout": 0.2}, {"loss": "tweedie"}]
+
+    @model_validator(mode="after")
+    def _sweep_keys(self) -> "TrainSettings":
+        self.sweep_nets()
+        return self
+
+    def sweep_nets(self) -> list[NetSettings]:
+        """One NetSettings per sweep entry: ``net`` with the entry's overrides."""
+        nets = []
+        for i, entry in enumerate(self.sweep):
+            try:
+                nets.append(NetSettings.model_validate({**self.net.model_dump(), **entry}))
+            except ValidationError as err:
+                e = err.errors()[0]
+                raise ValueError(f"sweep[{i}].{'.'.join(map(str, e['loc']))}: {e['msg']}") from None
+        return nets
+
+
 class Settings(_Strict):
     env: str = "local"
     as_of: dt.date
@@ -140,6 +198,7 @@ class Settings(_Strict):
     gold: GoldSettings = GoldSettings()
     personas: PersonaSettings = PersonaSettings()
     mlflow: MlflowSettings = MlflowSettings()
+    train: TrainSettings = TrainSettings()
     # conf/platforms/*.yaml, validated with the rest (filled by load_settings).
     platforms: dict[str, "PlatformMapping"] = {}
 

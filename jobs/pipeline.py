@@ -1,5 +1,5 @@
 """Run every stage in one Spark session: generate (unless --input is given) -> ingest -> refine
--> aggregate -> personas.
+-> aggregate -> personas -> train.
 
 This is what `make run` calls. Each stage prints its own summary; the pipeline ends with
 the table list and row counts.
@@ -10,7 +10,7 @@ import sys
 
 from pyspark.sql import SparkSession
 
-from jobs import aggregate, generate, ingest, lake, personas, refine
+from jobs import aggregate, generate, ingest, lake, personas, refine, train
 from jobs.cli import Summary, input_option, input_value, run_job
 from jobs.config import Settings
 from transforms import schemas
@@ -24,7 +24,8 @@ TABLES = (schemas.EVENTS_RAW, schemas.ACCOUNTS_RAW, schemas.EVENTS, schemas.QUAR
 def execute(spark: SparkSession, settings: Settings, summary: Summary, input_root: str | None = None) -> Summary:
     stages = [] if input_root else [("generate", generate.execute, {})]
     stages += [("ingest", ingest.execute, {"input_root": input_root}), ("refine", refine.execute, {}),
-               ("aggregate", aggregate.execute, {}), ("personas", personas.execute, {})]
+               ("aggregate", aggregate.execute, {}), ("personas", personas.execute, {}),
+               ("train", train.execute, {})]
     for name, body, opts in stages:
         print(body(spark, settings, Summary(f"pipeline/{name}"), **opts).render(), flush=True)
     for table in TABLES:

@@ -19,3 +19,8 @@ def experiment(settings: Settings, name: str) -> str:
     exp_id = found.experiment_id if found else mlflow.create_experiment(full, artifact_location=location)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+def model_name(settings: Settings, model: str) -> str:
+    """The registered-model name of one of our models: ``<prefix>-<model>``."""
+    return f"{settings.mlflow.experiment_prefix}-{model}"

@@ -8,7 +8,8 @@ from jobs.config import Settings, load_settings
 from jobs.session import build_session
 
 # A small generated lake shared by the integration tests (built once per test run).
-SMALL = ["generate.users=150", "generate.creators=24", "generate.sessions=2500", "generate.defect_rate=0.04"]
+SMALL = ["generate.users=150", "generate.creators=24", "generate.sessions=2500", "generate.defect_rate=0.04",
+         "generate.start_date=2026-04-01", "generate.days=91", "gold.lookback_days=60"]
 TEST_OVERRIDES = ["spark.master=local[2]", "spark.shuffle_partitions=2", "spark.app_name=ipsynergy-tests"]
 
 

@@ -134,3 +134,12 @@ def test_default_tracking_store_is_sqlite_beside_the_lake(tmp_path, monkeypatch)
     monkeypatch.delenv("IPSYNERGY_LAKE_ROOT", raising=False)
     s = load_settings("local", [f"lake.root={tmp_path}"])
     assert s.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db" and s.artifact_root == f"{tmp_path}/mlartifacts"
+
+
+def test_sweep_entries_are_validated_like_the_network_settings():
+    with pytest.raises(ConfigError, match=r"train: Value error, sweep\[1\]\.hiden: Extra inputs are not permitted"):
+        load_settings("local", ["train.sweep=[{hidden: [8]}, {hiden: [3]}]"])
+    with pytest.raises(ConfigError, match=r"sweep\[0\]\.loss: Input should be 'ziln' or 'tweedie'"):
+        load_settings("local", ["train.sweep=[{loss: mse}]"])
+    nets = load_settings("local", ["train.sweep=[{hidden: [8]}, {loss: tweedie}]"]).train.sweep_nets()
+    assert [(n.hidden, n.loss) for n in nets] == [((8,), "ziln"), ((64, 32), "tweedie")]

@@ -1,0 +1,323 @@
+"""Train the revenue models for one --as-of date, track them in MLflow, promote only winners.
+
+--model user_revenue: a user's net revenue in the next train.horizon_days from the features
+  of gold.user_features as of t.
+--model creator_platform_revenue: a creator's net revenue on one platform in the next
+  horizon, from its K, R, X and funnel there, its Q(C), E(P) and its activity elsewhere.
+
+Training rows are built in Spark from one pinned version of silver.events, point in time:
+features as of each feature date t, label from the days after t. The test date is
+as_of - horizon; the training dates (train.windows of them) end a further horizon earlier,
+so no training label overlaps the test window. Each split is a stratified sample (persona x
+payer for users, platform x payer for pairs; train.sample_cap rows) with weights that keep
+the metrics unbiased; only the sample reaches pandas.
+
+Every run logs parameters, per-epoch losses, the input tables with their versions, held-out
+metrics (test_rmse, test_mae, test_gini, test_spearman, test_total_error_pct) and the same for
+the baselines (baseline_<naive|linear|hgb>_test_<metric>), plots, and the model with its
+signature, registered as <prefix>-<model>. The new version gets the alias `champion` only when
+its held-out Gini beats the current champion's and every baseline's and its total-revenue
+error is no worse than the best baseline's. --sweep trains one run per train.sweep entry.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import reduce
+from pathlib import Path
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import pandas as pd
+import sklearn
+import torch
+from mlflow.entities import Metric
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs import lake, tracking
+from jobs.cli import Summary, run_job
+from jobs.config import NetSettings, Settings
+from ml import revenue as R
+from transforms import training as T
+from transforms.schemas import EVENTS, USER_PERSONAS
+
+log = logging.getLogger(__name__)
+MODELS = ("user_revenue", "creator_platform_revenue")
+ML_DIR = Path(R.__file__).resolve().parent
+
+
+@dataclass
+class Split:
+    x: np.ndarray
+    y: np.ndarray
+    w: np.ndarray
+    naive: np.ndarray
+    frame: pd.DataFrame
+
+
+def _split(df: pd.DataFrame, spec: T.ModelSpec) -> Split:
+    return Split(df[list(spec.features)].to_numpy(np.float64), df["label"].to_numpy(np.float64),
+                 df["weight"].to_numpy(np.float64), df["naive"].to_numpy(np.float64), df)
+
+
+def training_rows(spark: SparkSession, settings: Settings, model: str, silver: DataFrame,
+                  personas_version: int | None) -> tuple[T.ModelSpec, DataFrame, list, object]:
+    """(spec, rows of every feature date with a `stratum` column, training dates, test date).
+    ``personas_version``: the gold.user_personas version to stratify users by (None: payer only)."""
+    cfg, gcfg = settings.train, settings.gold
+    first, last = silver.agg(F.min("event_date"), F.max("event_date")).first()
+    if first is None:
+        raise FileNotFoundError("silver.events is empty: run jobs.refine first")
+    train_dates, test_date = T.feature_dates(settings.as_of, first, cfg.horizon_days, cfg.windows,
+                                             cfg.window_step_days, cfg.min_history_days)
+    if not train_dates:
+        raise FileNotFoundError(
+            f"no training date fits: silver.events starts {first}, the test date is {test_date} and training "
+            f"dates end {cfg.horizon_days} days before it with {cfg.min_history_days} days of history "
+            f"(use a later --as-of or lower train.horizon_days / train.min_history_days)")
+    platforms = sorted(settings.platforms)
+    if last < settings.as_of:
+        raise FileNotFoundError(f"silver.events ends {last}, before --as-of {settings.as_of}: the test labels "
+                                f"({test_date} to {settings.as_of}) would be cut short; use --as-of {last} or refine newer data")
+    known = silver.where(F.col("event_date") <= F.lit(settings.as_of)).where(F.col("category").isNotNull())
+    categories = sorted(r[0] for r in known.select("category").distinct().collect())
+    dates = [*train_dates, test_date]
+    if model == "user_revenue":
+        spec = T.user_spec(platforms, categories)
+        parts = [T.user_rows(silver, t, cfg.horizon_days, gcfg.lookback_days, gcfg.period_days, spec, platforms,
+                             categories) for t in dates]
+        rows = reduce(DataFrame.unionByName, parts)
+        persona = F.lit("(none)")
+        if personas_version is not None:
+            # Used for sampling only, never as a feature: the latest persona slice up to as_of.
+            personas = (lake.read(spark, settings, USER_PERSONAS, as_of_version=personas_version)
+                        .where(F.col("as_of_date") <= F.lit(settings.as_of)))
+            latest = personas.agg(F.max("as_of_date")).first()[0]
+            if latest is not None:
+                rows = rows.join(personas.where(F.col("as_of_date") == F.lit(latest))
+                                 .select("user_id", "persona_label"), "user_id", "left")
+                persona = F.coalesce(F.col("persona_label"), F.lit("(none)"))
+        rows = rows.withColumn("stratum", F.concat_ws("|", persona, F.when(F.col("monetary") > 0, "payer")
+                                                                   .otherwise("non-payer")))
+    else:
+        spec = T.pair_spec(platforms, categories)
+        parts = [T.pair_rows(silver, t, cfg.horizon_days, gcfg.lookback_days, gcfg.period_days,
+                             gcfg.quality_weights, spec, platforms, categories) for t in dates]
+        rows = reduce(DataFrame.unionByName, parts)
+        platform = reduce(lambda acc, p: F.when(F.col(f"is_{p}") == 1, F.lit(p)).otherwise(acc), platforms, F.lit("?"))
+        rows = rows.withColumn("stratum", F.concat_ws("|", platform, F.when(F.col("revenue") > 0, "payer")
+                                                                    .otherwise("non-payer")))
+    return spec, rows, train_dates, test_date
+
+
+def _plots(test: Split, predicted: np.ndarray, history: list, deciles: pd.DataFrame, title: str, out: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = [out / "predicted_vs_actual.png", out / "decile_calibration.png", out / "loss_curve.png"]
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.scatter(np.log1p(np.clip(test.y, 0, None)), np.log1p(predicted), s=6, alpha=0.35, color="#4477aa")
+    top = max(np.log1p(np.clip(test.y, 0, None)).max(), np.log1p(predicted).max()) * 1.02
+    ax.plot([0, top], [0, top], color="#888", lw=1)
+    ax.set_xlabel("actual revenue, ln(1 + x)")
+    ax.set_ylabel("predicted revenue, ln(1 + x)")
+    ax.set_title(f"{title}: predicted vs actual (test)")
+    fig.tight_layout()
+    fig.savefig(paths[0], dpi=110)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    pos = deciles["decile"].to_numpy()
+    ax.bar(pos - 0.2, deciles["mean_predicted"], width=0.4, label="predicted", color="#4477aa")
+    ax.bar(pos + 0.2, deciles["mean_actual"], width=0.4, label="actual", color="#ee6677")
+    ax.set_xticks(pos)
+    ax.set_xlabel("decile of predicted revenue")
+    ax.set_ylabel("mean revenue")
+    ax.set_title(f"{title}: decile calibration (test)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=110)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    epochs = [h[0] for h in history]
+    ax.plot(epochs, [h[1] for h in history], label="train")
+    ax.plot(epochs, [h[2] for h in history], label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (weighted, per row)")
+    ax.set_title(f"{title}: loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(paths[2], dpi=110)
+    plt.close("all")
+    return paths
+
+
+def champion_metrics(name: str, test: Split, spec: T.ModelSpec) -> tuple[str, dict[str, float], str] | None:
+    """(version, metrics, where they come from) of the current champion: re-scored on this test
+    split, or its logged metrics (another test window) when its inputs differ from today's
+    feature columns."""
+    client = MlflowClient()
+    try:
+        version = client.get_model_version_by_alias(name, "champion")
+    except mlflow.exceptions.MlflowException:
+        return None
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    inputs = model.metadata.get_input_schema().input_names()
+    if list(inputs) == list(spec.features):
+        scores = R.metrics(test.y, np.asarray(model.predict(test.frame[inputs])).ravel(), test.w)
+        return version.version, scores, "re-scored on this test split"
+    logged = client.get_run(version.run_id).data.metrics
+    return (version.version, {m: logged.get(f"test_{m}", float("nan")) for m in R.METRICS},
+            "its logged metrics: its feature columns differ, so it cannot score this split")
+
+
+def log_model(model: R.RevenueNet, frame: pd.DataFrame, name: str) -> str:
+    """Log the network (preprocessing inside) to the active run with its signature and an input
+    example, and register it as a new version of ``name``. Returns the version."""
+    frame = frame.astype("float64")
+    example = frame.dropna().head(5) if len(frame.dropna()) >= 5 else frame.head(5)
+    info = mlflow.pytorch.log_model(
+        model, name="model", registered_model_name=name, serialization_format="pickle",
+        code_paths=[str(ML_DIR)],  # the class travels with the model, e.g. to Spark executors
+        signature=infer_signature(example, R.predict(model, example.to_numpy())), input_example=example,
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
+                          f"pandas=={pd.__version__}", f"numpy=={np.__version__}"])
+    return str(info.registered_model_version)
+
+
+def train_one(settings: Settings, spec: T.ModelSpec, log_mask: np.ndarray, net: NetSettings, train: Split, val: Split, test: Split,
+              base: dict[str, dict[str, float]], champion: tuple[str, dict[str, float]] | None, inputs: list,
+              params: dict, run_name: str) -> tuple[dict[str, float], R.Decision, str, str]:
+    """One MLflow run: fit, evaluate, log, register, gate. Returns (metrics, decision, version, run id)."""
+    name = tracking.model_name(settings, spec.name)
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.log_params({**params, **{f"net_{k}": v for k, v in net.model_dump().items()}})
+        for dataset, context in inputs:
+            mlflow.log_input(dataset, context=context)
+        started = time.monotonic()
+
+        def progress(epoch: int, train_loss: float, val_loss: float) -> None:
+            log.info("%s epoch %d/%d: train loss %.4f, validation loss %.4f", spec.name, epoch, net.max_epochs,
+                     train_loss, val_loss)
+
+        fitted = R.fit(train.x, train.y, train.w, val.x, val.y, val.w, log_mask, net, settings.train.seed, progress)
+        now = int(time.time() * 1000)
+        history = [Metric(k, v, now, e) for e, tl, vl in fitted.history for k, v in (("train_loss", tl), ("val_loss", vl))]
+        for i in range(0, len(history), 900):
+            MlflowClient().log_batch(run.info.run_id, metrics=history[i:i + 900])
+        predicted = R.predict(fitted.model, test.x)
+        scores = R.metrics(test.y, predicted, test.w)
+        mlflow.log_metrics({f"test_{k}": v for k, v in scores.items()})
+        mlflow.log_metrics({f"baseline_{b}_test_{k}": v for b, m in base.items() for k, v in m.items()})
+        mlflow.log_metrics({"best_epoch": fitted.best_epoch, "epochs": len(fitted.history),
+                            "calibration_scale": fitted.scale,
+                            "fit_seconds": time.monotonic() - started})
+        deciles = R.deciles(test.y, predicted, test.w)
+        mlflow.log_table(deciles, "decile_calibration.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            for path in _plots(test, predicted, fitted.history, deciles, spec.name, Path(tmp)):
+                mlflow.log_artifact(str(path), "plots")
+        version = log_model(fitted.model, test.frame[list(spec.features)], name)
+        decision = R.gate(scores, base, champion[1] if champion else None)
+        client = MlflowClient()
+        client.set_model_version_tag(name, version, "gate", "; ".join(decision.reasons))
+        if decision.promote:
+            client.set_registered_model_alias(name, "champion", version)
+        mlflow.set_tags({"promoted": str(decision.promote).lower(), "gate": "; ".join(decision.reasons)})
+        return scores, decision, version, run.info.run_id
+
+
+def execute(spark: SparkSession, settings: Settings, summary: Summary, models: tuple[str, ...] = MODELS,
+            sweep: bool = False) -> Summary:
+    cfg = settings.train
+    if not lake.exists(spark, settings, EVENTS):
+        raise FileNotFoundError(f"silver.events not found under {settings.lake_root}: run jobs.refine first")
+    silver_version = lake.version(spark, settings, EVENTS)
+    silver = lake.read(spark, settings, EVENTS, as_of_version=silver_version)
+    personas_version = lake.version(spark, settings, USER_PERSONAS) if lake.exists(spark, settings, USER_PERSONAS) else None
+    nets = cfg.sweep_nets() if sweep else [cfg.net]
+    tracking.experiment(settings, "revenue")
+    for model in models:
+        spec, rows, train_dates, test_date = training_rows(spark, settings, model, silver, personas_version)
+        rows = rows.persist(StorageLevel.MEMORY_AND_DISK)  # counted per stratum, then sampled
+        keys = list(spec.keys)
+        is_test = F.col("as_of_date") == F.lit(test_date)
+        sampled = (T.stratified_sample(rows.where(~is_test), ["stratum"], cfg.sample_cap, cfg.seed, [*keys, "as_of_date"])
+                   .unionByName(T.stratified_sample(rows.where(is_test), ["stratum"], cfg.sample_cap, cfg.seed, keys)))
+        # Validation holds out whole users (pairs), so early stopping sees unseen ones.
+        held = (F.abs(F.xxhash64(F.lit(cfg.seed + 1), *[F.col(k) for k in keys])) % 1000) < int(cfg.validation_share * 1000)
+        sampled = sampled.withColumn("split", F.when(is_test, "test").when(held, "validation").otherwise("train"))
+        pdf = (sampled.select(*keys, "as_of_date", *spec.features, "naive", "label", "weight", "split", "stratum")
+               .toPandas().sort_values([*keys, "as_of_date"], kind="mergesort"))  # same order on any cluster
+        rows.unpersist()
+        train, val, test = (_split(pdf[pdf["split"] == s].reset_index(drop=True), spec) for s in ("train", "validation", "test"))
+        if min(len(train.y), len(val.y), len(test.y)) == 0 or (test.y > 0).sum() == 0:
+            raise FileNotFoundError(f"{model}: too little data to train (train {len(train.y)}, validation "
+                                    f"{len(val.y)}, test {len(test.y)} rows, {(test.y > 0).sum()} with revenue in the "
+                                    f"test window); generate or ingest more history before --as-of {settings.as_of}")
+        summary.count(f"{model} rows train", len(train.y))
+        summary.count(f"{model} rows validation", len(val.y))
+        summary.count(f"{model} rows test", len(test.y))
+        log_mask = np.array([f in spec.log_features for f in spec.features])
+        base = {b: R.metrics(test.y, p, test.w)
+                for b, p in R.baselines(train.x, train.y, train.w, test.x, test.naive, log_mask, cfg.seed).items()}
+        name = tracking.model_name(settings, spec.name)
+        champion = champion_metrics(name, test, spec)
+        inputs = [(mlflow.data.from_spark(silver, path=lake.path_of(settings, EVENTS), version=str(silver_version),
+                                          name=f"{EVENTS.qualified}@v{silver_version}"), "training")]
+        if model == "user_revenue" and personas_version is not None:
+            inputs.append((mlflow.data.from_spark(
+                lake.read(spark, settings, USER_PERSONAS, as_of_version=personas_version),
+                path=lake.path_of(settings, USER_PERSONAS), version=str(personas_version),
+                name=f"{USER_PERSONAS.qualified}@v{personas_version}"), "sampling"))
+        params = {"model": model, "as_of": str(settings.as_of), "horizon_days": cfg.horizon_days,
+                  "train_dates": ",".join(map(str, train_dates)), "test_date": str(test_date),
+                  "sample_cap": cfg.sample_cap, "seed": cfg.seed, "silver_events_version": silver_version,
+                  "features": len(spec.features), "rows_train": len(train.y), "rows_validation": len(val.y),
+                  "rows_test": len(test.y), "sklearn": sklearn.__version__, "sweep": sweep}
+        summary.note(f"{model}: train dates {', '.join(map(str, train_dates))}; test date {test_date} "
+                     f"(labels {cfg.horizon_days} days after each)")
+        summary.note("  baselines: " + "; ".join(f"{b} Gini {m['gini']:.3f} Spearman {m['spearman']:.3f} "
+                                                  f"total error {m['total_error_pct']:+.1f}%"
+                                                  for b, m in base.items()))
+        if champion:
+            summary.note(f"  champion v{champion[0]} ({champion[2]}): Gini {champion[1]['gini']:.3f}, "
+                         f"total error {champion[1]['total_error_pct']:+.1f}%")
+        for i, net in enumerate(nets):
+            run_name = f"{model}-{settings.as_of}" + (f"-sweep{i}" if sweep else "")
+            scores, decision, version, run_id = train_one(settings, spec, log_mask, net, train, val, test, base, champion,
+                                                          inputs, params, run_name)
+            verdict = "promoted to @champion" if decision.promote else "registered, not promoted"
+            summary.note(f"  {name} v{version} (hidden {list(net.hidden)}): Gini {scores['gini']:.3f}, Spearman "
+                         f"{scores['spearman']:.3f}, RMSE {scores['rmse']:.2f}, total error "
+                         f"{scores['total_error_pct']:+.1f}% -> {verdict}; run {run_id}")
+            summary.note("    gate: " + "; ".join(decision.reasons))
+            if decision.promote:
+                champion = (version, scores, "promoted in this sweep")
+    return summary
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", choices=[*MODELS, "all"], default="all",
+                        help="which model to train (default: all)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="train one run per train.sweep configuration, to compare in the MLflow UI")
+
+
+def _options(args: argparse.Namespace) -> dict:
+    return {"models": MODELS if args.model == "all" else (args.model,), "sweep": args.sweep}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job("jobs.train", __doc__, argv, execute, add_arguments=_arguments, options=_options)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

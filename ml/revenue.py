@@ -1,0 +1,307 @@
+"""Revenue regressors: a torch MLP with a zero-inflated lognormal head, the baselines it must
+beat, weighted held-out metrics, and the promotion gate.
+
+Revenue is zero for most users and heavy-tailed for the rest, so the network predicts three
+things per row: the probability p of any revenue, and the mean mu and spread sigma of log
+revenue when there is some (Wang, Liu & Miao 2019, "A deep probabilistic model for customer
+lifetime value prediction"). The loss is the negative log-likelihood of that mixture; the
+prediction is its mean p * exp(mu + sigma^2 / 2), which keeps totals unbiased. The module
+carries its own preprocessing (signed log, median imputation, z-scores) as buffers, so the
+logged model takes the raw feature columns.
+
+Pure functions over pandas / numpy / torch; nothing here touches storage or MLflow.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+if TYPE_CHECKING:  # the logged model carries ml/ only: nothing here may need jobs/ at run time
+    from jobs.config import NetSettings
+
+log = logging.getLogger(__name__)
+METRICS = ("rmse", "mae", "gini", "spearman", "total_error_pct")
+
+
+class RevenueNet(nn.Module):
+    """Raw features in (float32, NaN for missing), expected revenue out (1-D)."""
+
+    def __init__(self, n_features: int, hidden: tuple[int, ...], dropout: float, log_mask: np.ndarray,
+                 median: np.ndarray, mean: np.ndarray, std: np.ndarray, lo: np.ndarray | None = None,
+                 hi: np.ndarray | None = None, loss: str = "ziln"):
+        super().__init__()
+        self.loss = loss
+        # Inputs are clipped to the range seen in training: a network extrapolates linearly
+        # (e.g. tenure keeps growing after training), trees and people do not.
+        self.register_buffer("lo", torch.as_tensor(np.full(n_features, -np.inf) if lo is None else lo, dtype=torch.float32))
+        self.register_buffer("hi", torch.as_tensor(np.full(n_features, np.inf) if hi is None else hi, dtype=torch.float32))
+        self.register_buffer("log_mask", torch.as_tensor(log_mask, dtype=torch.bool))
+        self.register_buffer("median", torch.as_tensor(median, dtype=torch.float32))
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+        self.register_buffer("scale", torch.ones(()))  # set by calibrate() after training
+        layers: list[nn.Module] = []
+        width = n_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+            width = h
+        self.body = nn.Sequential(*layers)
+        # ziln: logit p, mu, raw sigma; tweedie: log of the mean
+        self.head = nn.Linear(width, 3 if loss == "ziln" else 1)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.where(self.log_mask, torch.sign(x) * torch.log1p(torch.abs(x)), x)
+        x = torch.where(torch.isnan(x), self.median, x)
+        return (torch.minimum(torch.maximum(x, self.lo), self.hi) - self.mean) / self.std
+
+    def parameters_of(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.head(self.body(self.prepare(x)))
+        return out[:, 0], out[:, 1], 0.05 + 1.45 * torch.sigmoid(out[:, 2])
+
+    def log_mean(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(self.prepare(x)))[:, 0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.loss != "ziln":
+            return self.scale * torch.exp(torch.clamp(self.log_mean(x), max=30.0))
+        logit, mu, sigma = self.parameters_of(x)
+        return self.scale * torch.sigmoid(logit) * torch.exp(torch.clamp(mu + 0.5 * sigma * sigma, max=30.0))
+
+    def calibrate(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float:
+        """Scale predictions so that their weighted total equals the actual total on (x, y).
+        The lognormal mean exp(mu + sigma^2 / 2) is very sensitive to sigma in the tail; one
+        factor fixed on rows the network did not train on (the validation users) corrects the
+        level without changing the order."""
+        self.scale.fill_(1.0)
+        with torch.no_grad():
+            predicted = float((self(x) * w).sum())
+        actual = float((torch.clamp(y, min=0) * w).sum())
+        if predicted > 0 and actual > 0:
+            self.scale.fill_(actual / predicted)
+        return float(self.scale)
+
+
+def ziln_loss(logit: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor,
+              w: torch.Tensor) -> torch.Tensor:
+    """Weighted mean negative log-likelihood of the zero-inflated lognormal (y <= 0 counts as zero)."""
+    positive = (y > 0).float()
+    bce = nn.functional.binary_cross_entropy_with_logits(logit, positive, reduction="none")
+    log_y = torch.log(torch.clamp(y, min=1e-6))
+    nll = positive * (torch.log(sigma) + 0.5 * math.log(2 * math.pi) + log_y
+                      + (log_y - mu) ** 2 / (2 * sigma * sigma))
+    return ((bce + nll) * w).sum() / w.sum()
+
+
+def tweedie_loss(log_mean: torch.Tensor, y: torch.Tensor, w: torch.Tensor, power: float = 1.5) -> torch.Tensor:
+    """Weighted mean Tweedie deviance (up to terms free of the prediction), 1 < power < 2: a
+    compound Poisson-gamma, zero with positive probability and skewed above zero."""
+    y = torch.clamp(y, min=0)
+    lm = torch.clamp(log_mean, max=30.0)
+    dev = -y * torch.exp(lm * (1 - power)) / (1 - power) + torch.exp(lm * (2 - power)) / (2 - power)
+    return (dev * w).sum() / w.sum()
+
+
+def batch_loss(model: RevenueNet, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    if model.loss == "ziln":
+        return ziln_loss(*model.parameters_of(x), y, w)
+    return tweedie_loss(model.log_mean(x), y, w)
+
+
+@dataclass
+class Fit:
+    model: RevenueNet
+    history: list[tuple[int, float, float]] = field(default_factory=list)  # (epoch, train, validation)
+    best_epoch: int = 0
+    scale: float = 1.0  # calibration factor, fixed on the validation rows
+
+
+def signed_log(x: np.ndarray, log_mask: np.ndarray) -> np.ndarray:
+    """sign(x) * ln(1 + |x|) in the masked columns (what RevenueNet.prepare does in torch)."""
+    return np.where(log_mask, np.sign(x) * np.log1p(np.abs(x)), x)
+
+
+def _scaling(x: np.ndarray, log_mask: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Median, mean, std, min and max of the training features after the signed log."""
+    z = signed_log(x, log_mask)
+    median = np.nan_to_num(np.nanmedian(np.where(np.isnan(z).all(axis=0), 0.0, z), axis=0))
+    z = np.where(np.isnan(z), median, z)
+    std = z.std(axis=0)
+    return median, z.mean(axis=0), np.where(std > 1e-9, std, 1.0), z.min(axis=0), z.max(axis=0)
+
+
+def fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, w_val: np.ndarray,
+        log_mask: np.ndarray, net: NetSettings, seed: int,
+        progress: Callable[[int, float, float], None] | None = None) -> Fit:
+    """Train with Adam on the configured loss (ZILN or Tweedie); stop when the validation loss has not improved for
+    ``net.patience`` epochs and keep the best epoch's weights."""
+    torch.manual_seed(seed)
+    x, x_val = x.astype(np.float32), x_val.astype(np.float32)
+    model = RevenueNet(x.shape[1], tuple(net.hidden), net.dropout, log_mask, *_scaling(x, log_mask), loss=net.loss)
+    opt = torch.optim.Adam(model.parameters(), lr=net.learning_rate, weight_decay=net.weight_decay)
+    tx, ty, tw = (torch.as_tensor(a, dtype=torch.float32) for a in (x, y, w))
+    vx, vy, vw = (torch.as_tensor(a, dtype=torch.float32) for a in (x_val, y_val, w_val))
+    gen = torch.Generator().manual_seed(seed)
+    result, best, best_state, stale = Fit(model), math.inf, None, 0
+    for epoch in range(1, net.max_epochs + 1):
+        model.train()
+        total, seen = 0.0, 0.0
+        for idx in torch.randperm(len(tx), generator=gen).split(net.batch_size):
+            opt.zero_grad()
+            loss = batch_loss(model, tx[idx], ty[idx], tw[idx])
+            loss.backward()
+            opt.step()
+            total += loss.item() * float(tw[idx].sum())
+            seen += float(tw[idx].sum())
+        model.eval()
+        with torch.no_grad():
+            val = batch_loss(model, vx, vy, vw).item()
+        result.history.append((epoch, total / seen, val))
+        if progress:
+            progress(epoch, total / seen, val)
+        if val < best - 1e-5:
+            best, best_state, stale, result.best_epoch = val, copy.deepcopy(model.state_dict()), 0, epoch
+        else:
+            stale += 1
+            if stale >= net.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    result.scale = model.calibrate(vx, vy, vw)
+    return result
+
+
+def predict(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.as_tensor(x.astype(np.float32))).numpy().astype(np.float64)
+
+
+# -- metrics ------------------------------------------------------------------------------
+def _weighted_ranks(v: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Mid-ranks in cumulative weight (ties share one), so that weighted rows count as copies."""
+    order = np.argsort(v, kind="mergesort")
+    sv, sw = v[order], w[order]
+    cum = np.cumsum(sw)
+    _, start, counts = np.unique(sv, return_index=True, return_counts=True)
+    mids = np.empty_like(cum)
+    for s, c in zip(start, counts):
+        lo = cum[s - 1] if s else 0.0
+        mids[s:s + c] = (lo + cum[s + c - 1]) / 2
+    ranks = np.empty_like(mids)
+    ranks[order] = mids
+    return ranks
+
+
+def _weighted_corr(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> float:
+    ma, mb = np.average(a, weights=w), np.average(b, weights=w)
+    cov = np.average((a - ma) * (b - mb), weights=w)
+    den = math.sqrt(np.average((a - ma) ** 2, weights=w) * np.average((b - mb) ** 2, weights=w))
+    return float(cov / den) if den > 0 else float("nan")
+
+
+def _gini(actual: np.ndarray, score: np.ndarray, w: np.ndarray) -> float:
+    """Weighted Gini of ``actual`` ordered by ``score`` (highest first): twice the area between
+    the cumulative share of actual revenue and the cumulative share of rows, both piecewise
+    linear. Rows with the same score form one segment, so ties do not depend on row order,
+    and a row of weight 3 counts exactly as three copies."""
+    groups, inverse = np.unique(-score, return_inverse=True)
+    a = np.bincount(inverse, weights=actual * w, minlength=len(groups))
+    ww = np.bincount(inverse, weights=w, minlength=len(groups))
+    total = a.sum()
+    if total == 0:
+        return float("nan")
+    rows = np.concatenate([[0.0], np.cumsum(ww) / ww.sum()])
+    captured = np.concatenate([[0.0], np.cumsum(a) / total])
+    gap = (captured[1:] + captured[:-1] - rows[1:] - rows[:-1]) / 2
+    return float(2 * np.sum(gap * ww) / ww.sum())
+
+
+def metrics(actual: np.ndarray, predicted: np.ndarray, weight: np.ndarray | None = None) -> dict[str, float]:
+    """Held-out metrics, weighted by the sampling weights: RMSE, MAE, normalised Gini (the
+    model's Gini over the Gini of a perfect ordering; 1 is perfect, 0 random), Spearman, and
+    the total-revenue error in percent (signed: negative means under-predicted)."""
+    w = np.ones_like(actual) if weight is None else weight
+    err = predicted - actual
+    total = float(np.sum(w * actual))
+    best = _gini(actual, actual, w)
+    return {
+        "rmse": float(math.sqrt(np.average(err ** 2, weights=w))),
+        "mae": float(np.average(np.abs(err), weights=w)),
+        "gini": _gini(actual, predicted, w) / best if best else float("nan"),
+        "spearman": _weighted_corr(_weighted_ranks(actual, w), _weighted_ranks(predicted, w), w),
+        "total_error_pct": float(100 * np.sum(w * err) / total) if total else float("nan"),
+    }
+
+
+def deciles(actual: np.ndarray, predicted: np.ndarray, weight: np.ndarray) -> pd.DataFrame:
+    """Weighted mean predicted and actual revenue per decile of the prediction (1 = lowest);
+    the deciles cut the cumulative weight, so each holds a tenth of the population."""
+    order = np.argsort(predicted, kind="mergesort")
+    cum = np.cumsum(weight[order]) / weight.sum()
+    decile = np.empty(len(order), dtype=int)
+    decile[order] = np.clip(np.ceil(cum * 10 - 1e-9), 1, 10).astype(int)
+    df = pd.DataFrame({"decile": decile, "w": weight, "wa": actual * weight, "wp": predicted * weight})
+    g = df.groupby("decile")
+    return pd.DataFrame({"population": g.w.sum(), "mean_predicted": g.wp.sum() / g.w.sum(),
+                         "mean_actual": g.wa.sum() / g.w.sum()}).reset_index()
+
+
+# -- baselines ----------------------------------------------------------------------------
+def baselines(x: np.ndarray, y: np.ndarray, w: np.ndarray, x_test: np.ndarray, naive_test: np.ndarray,
+              log_mask: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """Test predictions of the baselines, fitted on the same training rows and weights:
+    naive (revenue of the previous window), linear (ridge on the same signed-log, imputed,
+    standardised features) and scikit-learn's HistGradientBoosting with a Poisson loss."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+    linear = make_pipeline(FunctionTransformer(signed_log, kw_args={"log_mask": log_mask}), SimpleImputer(strategy="median"), StandardScaler(),
+                           Ridge(alpha=1.0))
+    linear.fit(x, y, ridge__sample_weight=w)
+    hgb = HistGradientBoostingRegressor(loss="poisson", random_state=seed)
+    hgb.fit(x, np.clip(y, 0, None), sample_weight=w)
+    return {"naive": naive_test, "linear": linear.predict(x_test), "hgb": hgb.predict(x_test)}
+
+
+# -- promotion ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reasons: list[str]
+
+
+def gate(candidate: dict[str, float], baseline_metrics: dict[str, dict[str, float]],
+         champion: dict[str, float] | None) -> Decision:
+    """Promote only when the candidate's held-out Gini beats the champion's (if any) and every
+    baseline's, and its absolute total-revenue error is no worse than the best baseline's.
+    A comparator whose metric is undefined (NaN) is reported and not compared."""
+    gini, err = candidate["gini"], abs(candidate["total_error_pct"])
+    if not (math.isfinite(gini) and math.isfinite(err)):
+        return Decision(False, ["held-out Gini or total error is undefined (no revenue in the test window)"])
+    reasons, ok = [], True
+    for name, m in ([("champion", champion)] if champion is not None else []) + list(baseline_metrics.items()):
+        other = m.get("gini", float("nan"))
+        if not math.isfinite(other):
+            reasons.append(f"{name} Gini undefined, not compared")
+            continue
+        ok &= gini > other
+        reasons.append(f"Gini {gini:.4f} {'>' if gini > other else '<='} {name} {other:.4f}")
+    finite = [(n, abs(m["total_error_pct"])) for n, m in baseline_metrics.items()
+              if math.isfinite(m.get("total_error_pct", float("nan")))]
+    if finite:
+        best_name, best = min(finite, key=lambda nm: nm[1])
+        ok &= err <= best
+        reasons.append(f"|total error| {err:.2f}% {'<=' if err <= best else '>'} best baseline {best_name} {best:.2f}%")
+    return Decision(bool(ok), reasons)

@@ -1,0 +1,80 @@
+"""jobs.train on the small generated lake: both models are trained, tracked and registered with
+exactly the promised metric keys, promotion follows the gate, and a rerun on the same data
+version and seed gives the same metrics and is not promoted over itself."""
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from jobs import lake, tracking, train
+from jobs.cli import Summary
+from ml import revenue as R
+from transforms.schemas import EVENTS
+
+METRIC_KEYS = {f"test_{m}" for m in R.METRICS} | {f"baseline_{b}_test_{m}" for b in ("naive", "linear", "hgb")
+                                                 for m in R.METRICS}
+
+
+@pytest.fixture(scope="module")
+def runs(spark, small_lake):
+    base, _ = small_lake
+    # The small lake starts 2026-04-01: allow short histories; two training dates; a small,
+    # quick network.
+    settings = base.model_copy(update={"train": base.train.model_copy(update={
+        "min_history_days": 7, "windows": 2, "net": base.train.net.model_copy(update={"hidden": (16,), "max_epochs": 25,
+                                                                         "patience": 6})})})
+    first = train.execute(spark, settings, Summary("train"))
+    second = train.execute(spark, settings, Summary("train"), models=("user_revenue",))
+    tracking.experiment(settings, "revenue")
+    found = mlflow.search_runs(experiment_names=[f"{settings.mlflow.experiment_prefix}-revenue"],
+                               order_by=["attributes.start_time ASC"], output_format="list")
+    return settings, first, second, found
+
+
+def test_every_run_logs_the_promised_metrics_inputs_plots_and_model(spark, runs):
+    settings, _, _, found = runs
+    assert [r.data.params["model"] for r in found] == ["user_revenue", "creator_platform_revenue", "user_revenue"]
+    client = MlflowClient()
+    silver = f"{EVENTS.qualified}@v{lake.version(spark, settings, EVENTS)}"
+    for run in found:
+        assert METRIC_KEYS <= set(run.data.metrics)
+        epochs = int(run.data.metrics["epochs"])
+        assert len(client.get_metric_history(run.info.run_id, "train_loss")) == epochs
+        assert len(client.get_metric_history(run.info.run_id, "val_loss")) == epochs
+        assert silver in [d.dataset.name for d in run.inputs.dataset_inputs]
+        plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert plots == {"plots/predicted_vs_actual.png", "plots/decile_calibration.png", "plots/loss_curve.png"}
+        name = tracking.model_name(settings, run.data.params["model"])
+        versions = {v.run_id: v for v in client.search_model_versions(f"name = '{name}'")}
+        assert run.info.run_id in versions and versions[run.info.run_id].tags["gate"] == run.data.tags["gate"]
+
+
+def test_promotion_follows_the_gate_and_a_rerun_is_not_promoted_over_itself(runs):
+    settings, _, _, found = runs
+    client = MlflowClient()
+    first, _, second = found
+
+    def scores(run, prefix="test_"):
+        return {m: run.data.metrics[f"{prefix}{m}"] for m in R.METRICS}
+
+    baselines = {b: scores(first, f"baseline_{b}_test_") for b in ("naive", "linear", "hgb")}
+    # the first user model had no champion to beat: the baselines decide
+    decision = R.gate(scores(first), baselines, None)
+    assert first.data.tags["promoted"] == str(decision.promote).lower()
+    # same data version, same seed: the same metrics; equal is not better, so no promotion
+    assert scores(second) == scores(first)
+    assert second.data.tags["promoted"] == "false"
+    name = tracking.model_name(settings, "user_revenue")
+    if decision.promote:
+        assert client.get_model_version_by_alias(name, "champion").run_id == first.info.run_id
+        assert "<= champion" in second.data.tags["gate"]
+    else:
+        with pytest.raises(mlflow.exceptions.MlflowException, match="alias"):
+            client.get_model_version_by_alias(name, "champion")
+
+
+def test_summary_names_the_dates_baselines_and_verdict(runs):
+    _, first, _, _ = runs
+    text = first.render()
+    assert "user_revenue: train dates 2026-04-24, 2026-05-01; test date 2026-05-31" in text
+    assert "baselines: naive Gini" in text and "gate: Gini" in text
+    assert first.counts["user_revenue rows test"] > 100

@@ -1,0 +1,228 @@
+"""ml.revenue and transforms.training: the regressor learns a planted relation, the metrics and
+the gate give worked-out answers, training rows are point-in-time, sampling weights add up."""
+import datetime as dt
+import math
+from decimal import Decimal
+
+import numpy as np
+import pytest
+import torch
+from pyspark.sql import functions as F
+from scipy.stats import spearmanr
+from sklearn.metrics import r2_score
+
+from jobs.config import NetSettings
+from ml import revenue as R
+from transforms import training as T
+from transforms.schemas import EVENTS
+
+T0 = dt.date(2026, 1, 10)  # feature date; horizon 5 days -> labels from 01-11 to 01-15
+D = lambda day: dt.date(2026, 1, day)  # noqa: E731
+
+
+def planted(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Zero when x0 <= 0, else exp(1 + 0.8 x1 - 0.5 x2): zero-inflated and heavy-tailed."""
+    x = rng.normal(size=(n, 6))
+    return x, np.where(x[:, 0] > 0, np.exp(1 + 0.8 * x[:, 1] - 0.5 * x[:, 2]), 0.0)
+
+
+def test_regressor_learns_a_planted_zero_inflated_relation():
+    # GIVEN zero-inflated lognormal-shaped data with a known relation and two useless columns
+    rng = np.random.default_rng(0)
+    (x, y), (xv, yv), (xt, yt) = planted(3000, rng), planted(800, rng), planted(1500, rng)
+    # WHEN the network is trained with early stopping
+    fit = R.fit(x, y, np.ones(len(y)), xv, yv, np.ones(len(yv)), np.zeros(6, bool), NetSettings(), seed=1)
+    predicted = R.predict(fit.model, xt)
+    # THEN it explains the held-out rows and stopped before the epoch cap with the best weights
+    assert r2_score(yt, predicted) > 0.9
+    assert fit.best_epoch < len(fit.history) <= NetSettings().max_epochs
+    assert min(h[2] for h in fit.history) == pytest.approx(fit.history[fit.best_epoch - 1][2])
+    # and the same seed gives the same model
+    again = R.fit(x, y, np.ones(len(y)), xv, yv, np.ones(len(yv)), np.zeros(6, bool), NetSettings(), seed=1)
+    np.testing.assert_allclose(R.predict(again.model, xt), predicted, rtol=1e-6)
+
+
+def test_the_network_imputes_missing_and_log_scales_inside_the_model():
+    model = R.RevenueNet(2, (4,), 0.0, np.array([True, False]), np.array([1.0, 5.0]), np.zeros(2), np.ones(2))
+    x = torch.tensor([[math.e - 1, float("nan")], [-(math.e - 1), 2.0]])
+    np.testing.assert_allclose(model.prepare(x).numpy(), [[1.0, 5.0], [-1.0, 2.0]], rtol=1e-6)
+
+
+def test_metrics_on_a_worked_example():
+    actual = np.array([0.0, 10.0, 0.0, 30.0])
+    # perfect order: Gini 1; reversed order: Gini -1
+    assert R.metrics(actual, actual)["gini"] == pytest.approx(1.0)
+    assert R.metrics(actual, -actual)["gini"] == pytest.approx(-1.0)
+    # a constant prediction orders nothing, whatever the row order: Gini 0
+    assert R.metrics(actual, np.full(4, 7.0))["gini"] == pytest.approx(0.0)
+    assert R.metrics(actual[::-1], np.full(4, 7.0))["gini"] == pytest.approx(0.0)
+    m = R.metrics(actual, np.array([5.0, 5.0, 5.0, 25.0]))
+    # errors 5, -5, 5, -5: RMSE 5, MAE 5; total 40 vs 40: 0 %
+    assert (m["rmse"], m["mae"], m["total_error_pct"]) == pytest.approx((5.0, 5.0, 0.0))
+
+
+def test_weights_count_as_copies_of_rows():
+    rng = np.random.default_rng(3)
+    actual, predicted = rng.gamma(0.5, 10, 40), rng.gamma(0.5, 10, 40)
+    weight = rng.integers(1, 4, 40)
+    copies = np.repeat(np.arange(40), weight)
+    weighted = R.metrics(actual, predicted, weight.astype(float))
+    expanded = R.metrics(actual[copies], predicted[copies])
+    assert weighted == pytest.approx(expanded)
+    assert weighted["spearman"] == pytest.approx(spearmanr(actual[copies], predicted[copies]).statistic)
+
+
+def test_deciles_cut_the_weighted_population_into_tenths():
+    values = np.arange(20.0)
+    table = R.deciles(values, values, np.ones(20))
+    assert table["decile"].tolist() == list(range(1, 11))
+    assert table["mean_actual"].tolist() == [0.5 + 2 * i for i in range(10)]
+    # weights count as copies: a row of weight 2 fills a decile alone
+    weighted = R.deciles(np.arange(10.0), np.arange(10.0), np.full(10, 2.0))
+    assert weighted["population"].tolist() == [2.0] * 10
+
+
+def test_gate_accepts_a_better_model_and_refuses_a_worse_one():
+    base = {"naive": {"gini": 0.50, "total_error_pct": 2.0}, "hgb": {"gini": 0.70, "total_error_pct": -6.0}}
+    champion = {"gini": 0.72, "total_error_pct": 1.0}
+    better = R.gate({"gini": 0.75, "total_error_pct": -1.5}, base, champion)
+    assert better.promote
+    assert better.reasons[0] == "Gini 0.7500 > champion 0.7200"
+    # below the champion
+    worse = R.gate({"gini": 0.71, "total_error_pct": 0.5}, base, champion)
+    assert not worse.promote and "Gini 0.7100 <= champion 0.7200" in worse.reasons
+    # beats everyone on Gini but misses totals by more than the best baseline (naive, 2 %)
+    off = R.gate({"gini": 0.80, "total_error_pct": 2.5}, base, champion)
+    assert not off.promote and off.reasons[-1] == "|total error| 2.50% > best baseline naive 2.00%"
+    # no champion yet: baselines decide
+    assert R.gate({"gini": 0.71, "total_error_pct": 1.0}, base, None).promote
+    assert not R.gate({"gini": 0.69, "total_error_pct": 1.0}, base, None).promote
+
+
+def test_feature_dates_keep_training_labels_out_of_the_test_window():
+    train, test = T.feature_dates(dt.date(2026, 6, 30), dt.date(2026, 3, 1), horizon=30, windows=4, step=7,
+                                  min_history=28)
+    assert test == dt.date(2026, 5, 31)
+    assert train == [dt.date(2026, 4, 10), dt.date(2026, 4, 17), dt.date(2026, 4, 24), dt.date(2026, 5, 1)]
+    assert max(train) + dt.timedelta(days=30) <= test
+    # too little history drops the early dates
+    assert T.feature_dates(dt.date(2026, 6, 30), dt.date(2026, 4, 10), 30, 4, 7, 14)[0] == [dt.date(2026, 4, 24),
+                                                                                             dt.date(2026, 5, 1)]
+
+
+# -- point-in-time rows (Spark) ------------------------------------------------------------
+#  date   plat user creator type       amount
+#  01-07  p1   u1   c1      view
+#  01-08  p1   u1   c1      purchase   100      feature window (with 01-10: monetary 105, recent 105)
+#  01-02  p2   u2   c2      view
+#  01-03  p2   u2   c2      subscribe   30      outside the 5-day period: naive 0
+#  01-10  p1   u1   c1      purchase     5      on t: a feature (monetary 105), not the label
+#  01-12  p1   u1   c1      purchase    40      label window (01-11..01-15)
+#  01-14  p1   u1   c1      refund     -10      label window
+#  01-15  p1   u1   c1      purchase     7      last day of the label window: u1 label 37
+#  01-16  p1   u1   c1      purchase   500      after the label window
+#  01-12  p1   u3   c1      view                a user first seen after t: no row
+EVENTS_ROWS = [
+    (D(7), "p1", "u1", "c1", "view", 0), (D(8), "p1", "u1", "c1", "purchase", 100),
+    (D(2), "p2", "u2", "c2", "view", 0), (D(3), "p2", "u2", "c2", "subscribe", 30),
+    (D(10), "p1", "u1", "c1", "purchase", 5), (D(12), "p1", "u1", "c1", "purchase", 40),
+    (D(14), "p1", "u1", "c1", "refund", -10), (D(15), "p1", "u1", "c1", "purchase", 7),
+    (D(16), "p1", "u1", "c1", "purchase", 500), (D(12), "p1", "u3", "c1", "view", 0),
+]
+LATE = [(D(11), "p1", "u1", "c1", "purchase", 999), (D(11), "p2", "u4", "c2", "view", 0),
+        (D(13), "p2", "u2", "c1", "view", 0)]
+PLATFORMS, CATEGORIES = ["p1", "p2"], ["tech"]
+
+
+def events(spark, rows):
+    data = [(f"e{i}", plat, str(i), f"a-{user}", user, f"i-{creator}", creator, "tech", etype,
+             dt.datetime.combine(day, dt.time(12)), day, 60.0 if etype == "view" else None, None,
+             Decimal(amount), None, None, False, None, f"s{i}", "b1", "f")
+            for i, (day, plat, user, creator, etype, amount) in enumerate(rows)]
+    return spark.createDataFrame(data, EVENTS.schema)
+
+
+def user_table(spark, rows):
+    spec = T.user_spec(PLATFORMS, CATEGORIES)
+    df = T.user_rows(events(spark, rows), T0, 5, 10, 5, spec, PLATFORMS, CATEGORIES)
+    return {r.user_id: r.asDict() for r in df.collect()}, spec
+
+
+def test_user_rows_label_the_next_horizon_and_use_nothing_after_t(spark):
+    rows, spec = user_table(spark, EVENTS_ROWS)
+    assert sorted(rows) == ["u1", "u2"]
+    assert (rows["u1"]["label"], rows["u1"]["naive"], rows["u1"]["monetary"]) == (37.0, 105.0, 105.0)
+    assert (rows["u2"]["label"], rows["u2"]["naive"], rows["u2"]["monetary"]) == (0.0, 0.0, 30.0)
+    assert rows["u1"]["platform_p1"] == 1.0 and rows["u2"]["platform_p2"] == 1.0
+    # leakage: more events after t change no feature; inside the label window they change the label
+    leaked, _ = user_table(spark, EVENTS_ROWS + LATE)
+    assert sorted(leaked) == ["u1", "u2"]
+    for user in ("u1", "u2"):
+        assert {f: leaked[user][f] for f in spec.features} == {f: rows[user][f] for f in spec.features}
+    assert leaked["u1"]["label"] == 37.0 + 999.0 and leaked["u2"]["label"] == 0.0
+
+
+def test_pair_rows_label_the_next_horizon_and_use_nothing_after_t(spark):
+    spec = T.pair_spec(PLATFORMS, CATEGORIES)
+
+    def table(rows):
+        df = T.pair_rows(events(spark, rows), T0, 5, 10, 5, {"completion": 1.0}, spec, PLATFORMS, CATEGORIES)
+        return {(r.creator_id, r.platform): r.asDict() for r in df.collect()}
+
+    plain, leaked = table(EVENTS_ROWS), table(EVENTS_ROWS + LATE)
+    assert sorted(plain) == [("c1", "p1"), ("c2", "p2")]
+    c1 = plain[("c1", "p1")]
+    assert (c1["label"], c1["naive"], c1["revenue"], c1["is_p1"], c1["reads_other"]) == (37.0, 105.0, 105.0, 1.0, 0.0)
+    assert (plain[("c2", "p2")]["label"], plain[("c2", "p2")]["naive"]) == (0.0, 0.0)
+    assert sorted(leaked) == sorted(plain)  # (c1, p2) first appears after t: no row
+    for key in plain:
+        assert {f: leaked[key][f] for f in spec.features} == {f: plain[key][f] for f in spec.features}
+    assert leaked[("c1", "p1")]["label"] == 37.0 + 999.0
+
+
+def test_stratified_sample_caps_rows_and_weights_restore_the_totals(spark):
+    # GIVEN 2,000 rows of one stratum and 50 of another
+    rows = spark.range(2050).selectExpr("cast(id as string) as user_id",
+                                        "case when id < 2000 then 'big' else 'small' end as stratum")
+    # WHEN at most about 400 rows are kept
+    sample = T.stratified_sample(rows, ["stratum"], 400, seed=3, keys=["user_id"]).cache()
+    got = {r.stratum: (r.n, r.w, r.lo, r.hi) for r in sample.groupBy("stratum").agg(
+        F.count("*").alias("n"), F.sum("weight").alias("w"), F.min("weight").alias("lo"),
+        F.max("weight").alias("hi")).collect()}
+    # THEN each stratum aims at 200 rows: the small one is kept whole with weight 1, the big
+    # one keeps about 200 of its 2,000, each weighted 10
+    assert got["small"] == (50, 50.0, 1.0, 1.0)
+    n, w, lo, hi = got["big"]
+    assert 150 <= n <= 250 and lo == hi == 10.0 and 1500 <= w <= 2500
+    # and the draw is the same whatever the partitioning
+    again = T.stratified_sample(rows.repartition(7), ["stratum"], 400, seed=3, keys=["user_id"])
+    assert sorted(r.user_id for r in again.collect()) == sorted(r.user_id for r in sample.collect())
+
+
+
+def test_logged_model_round_trips_through_the_registry(tmp_path):
+    # GIVEN a trained network and a feature frame with a missing value
+    import mlflow
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from jobs.train import log_model
+
+    rng = np.random.default_rng(5)
+    (x, y), (xv, yv) = planted(600, rng), planted(200, rng)
+    net = NetSettings(hidden=(8,), max_epochs=5)
+    model = R.fit(x, y, np.ones(len(y)), xv, yv, np.ones(len(yv)), np.zeros(6, bool), net, seed=2).model
+    frame = pd.DataFrame(x[:50], columns=[f"f{i}" for i in range(6)])
+    frame.iloc[0, 1] = np.nan
+    # WHEN it is logged, registered and promoted, then loaded by alias
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = mlflow.create_experiment("round-trip", artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
+        version = log_model(model, frame, "round-trip-model")
+    MlflowClient().set_registered_model_alias("round-trip-model", "champion", version)
+    loaded = mlflow.pyfunc.load_model("models:/round-trip-model@champion")
+    # THEN it expects the same columns and predicts exactly what the network predicts
+    assert loaded.metadata.get_input_schema().input_names() == list(frame.columns)
+    expected = R.predict(model, frame.to_numpy())
+    assert np.isfinite(expected).all()
+    np.testing.assert_allclose(np.asarray(loaded.predict(frame)).ravel(), expected, rtol=1e-6)
