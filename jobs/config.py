@@ -165,7 +165,9 @@ class TrainSettings(_Strict):
     # Rows kept for training (with validation), and for test, by stratified sampling (persona x
     # payer); weights undo the sampling.
     sample_cap: int = Field(200_000, ge=100)
-    validation_share: float = Field(0.2, gt=0, lt=1)
+    # Users are split into this many folds; one network per fold is early-stopped on it and
+    # the ensemble averages them.
+    folds: int = Field(5, ge=2)
     seed: int = 5
     net: NetSettings = NetSettings()
     # `jobs.train --sweep` runs one configuration per entry: net overrides, e.g. {hidden: [128, 64]}.

@@ -61,12 +61,13 @@ class Split:
     y: np.ndarray
     w: np.ndarray
     naive: np.ndarray
+    fold: np.ndarray
     frame: pd.DataFrame
 
 
 def _split(df: pd.DataFrame, spec: T.ModelSpec) -> Split:
     return Split(df[list(spec.features)].to_numpy(np.float64), df["label"].to_numpy(np.float64),
-                 df["weight"].to_numpy(np.float64), df["naive"].to_numpy(np.float64), df)
+                 df["weight"].to_numpy(np.float64), df["naive"].to_numpy(np.float64), df["fold"].to_numpy(), df)
 
 
 def training_rows(spark: SparkSession, settings: Settings, model: str, silver: DataFrame,
@@ -119,7 +120,7 @@ def training_rows(spark: SparkSession, settings: Settings, model: str, silver: D
     return spec, rows, train_dates, test_date
 
 
-def _plots(test: Split, predicted: np.ndarray, history: list, deciles: pd.DataFrame, title: str, out: Path) -> list[Path]:
+def _plots(test: Split, predicted: np.ndarray, folds: list[R.Fit], deciles: pd.DataFrame, title: str, out: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -146,13 +147,14 @@ def _plots(test: Split, predicted: np.ndarray, history: list, deciles: pd.DataFr
     fig.tight_layout()
     fig.savefig(paths[1], dpi=110)
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    epochs = [h[0] for h in history]
-    ax.plot(epochs, [h[1] for h in history], label="train")
-    ax.plot(epochs, [h[2] for h in history], label="validation")
+    for k, f in enumerate(folds):
+        epochs = [h[0] for h in f.history]
+        line, = ax.plot(epochs, [h[1] for h in f.history], lw=1, label=f"fold {k} train")
+        ax.plot(epochs, [h[2] for h in f.history], lw=1, ls="--", color=line.get_color(), label=f"fold {k} held out")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (weighted, per row)")
     ax.set_title(f"{title}: loss")
-    ax.legend()
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(paths[2], dpi=110)
     plt.close("all")
@@ -178,7 +180,7 @@ def champion_metrics(name: str, test: Split, spec: T.ModelSpec) -> tuple[str, di
             "its logged metrics: its feature columns differ, so it cannot score this split")
 
 
-def log_model(model: R.RevenueNet, frame: pd.DataFrame, name: str) -> str:
+def log_model(model: R.Ensemble, frame: pd.DataFrame, name: str) -> str:
     """Log the network (preprocessing inside) to the active run with its signature and an input
     example, and register it as a new version of ``name``. Returns the version."""
     frame = frame.astype("float64")
@@ -192,7 +194,7 @@ def log_model(model: R.RevenueNet, frame: pd.DataFrame, name: str) -> str:
     return str(info.registered_model_version)
 
 
-def train_one(settings: Settings, spec: T.ModelSpec, log_mask: np.ndarray, net: NetSettings, train: Split, val: Split, test: Split,
+def train_one(settings: Settings, spec: T.ModelSpec, log_mask: np.ndarray, net: NetSettings, train: Split, test: Split,
               base: dict[str, dict[str, float]], champion: tuple[str, dict[str, float]] | None, inputs: list,
               params: dict, run_name: str) -> tuple[dict[str, float], R.Decision, str, str]:
     """One MLflow run: fit, evaluate, log, register, gate. Returns (metrics, decision, version, run id)."""
@@ -203,26 +205,28 @@ def train_one(settings: Settings, spec: T.ModelSpec, log_mask: np.ndarray, net: 
             mlflow.log_input(dataset, context=context)
         started = time.monotonic()
 
-        def progress(epoch: int, train_loss: float, val_loss: float) -> None:
-            log.info("%s epoch %d/%d: train loss %.4f, validation loss %.4f", spec.name, epoch, net.max_epochs,
-                     train_loss, val_loss)
+        def progress(fold: int, epoch: int, train_loss: float, val_loss: float) -> None:
+            log.info("%s fold %d/%d epoch %d/%d: train loss %.4f, held-out loss %.4f", spec.name, fold + 1,
+                     settings.train.folds, epoch, net.max_epochs, train_loss, val_loss)
 
-        fitted = R.fit(train.x, train.y, train.w, val.x, val.y, val.w, log_mask, net, settings.train.seed, progress)
+        fitted = R.cross_fit(train.x, train.y, train.w, train.fold, log_mask, net, settings.train.seed, progress)
         now = int(time.time() * 1000)
-        history = [Metric(k, v, now, e) for e, tl, vl in fitted.history for k, v in (("train_loss", tl), ("val_loss", vl))]
+        history = [Metric(f"{key}_fold{k}", v, now, e) for k, f in enumerate(fitted.folds) for e, tl, vl in f.history
+                   for key, v in (("train_loss", tl), ("val_loss", vl))]
         for i in range(0, len(history), 900):
             MlflowClient().log_batch(run.info.run_id, metrics=history[i:i + 900])
         predicted = R.predict(fitted.model, test.x)
         scores = R.metrics(test.y, predicted, test.w)
         mlflow.log_metrics({f"test_{k}": v for k, v in scores.items()})
         mlflow.log_metrics({f"baseline_{b}_test_{k}": v for b, m in base.items() for k, v in m.items()})
-        mlflow.log_metrics({"best_epoch": fitted.best_epoch, "epochs": len(fitted.history),
-                            "calibration_scale": fitted.scale,
+        mlflow.log_metrics({**{f"epochs_fold{k}": len(f.history) for k, f in enumerate(fitted.folds)},
+                            **{f"best_epoch_fold{k}": f.best_epoch for k, f in enumerate(fitted.folds)},
+                            "calibration_scale": float(fitted.model.scale),
                             "fit_seconds": time.monotonic() - started})
         deciles = R.deciles(test.y, predicted, test.w)
         mlflow.log_table(deciles, "decile_calibration.json")
         with tempfile.TemporaryDirectory() as tmp:
-            for path in _plots(test, predicted, fitted.history, deciles, spec.name, Path(tmp)):
+            for path in _plots(test, predicted, fitted.folds, deciles, spec.name, Path(tmp)):
                 mlflow.log_artifact(str(path), "plots")
         version = log_model(fitted.model, test.frame[list(spec.features)], name)
         decision = R.gate(scores, base, champion[1] if champion else None)
@@ -251,19 +255,20 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, models: t
         is_test = F.col("as_of_date") == F.lit(test_date)
         sampled = (T.stratified_sample(rows.where(~is_test), ["stratum"], cfg.sample_cap, cfg.seed, [*keys, "as_of_date"])
                    .unionByName(T.stratified_sample(rows.where(is_test), ["stratum"], cfg.sample_cap, cfg.seed, keys)))
-        # Validation holds out whole users (pairs), so early stopping sees unseen ones.
-        held = (F.abs(F.xxhash64(F.lit(cfg.seed + 1), *[F.col(k) for k in keys])) % 1000) < int(cfg.validation_share * 1000)
-        sampled = sampled.withColumn("split", F.when(is_test, "test").when(held, "validation").otherwise("train"))
-        pdf = (sampled.select(*keys, "as_of_date", *spec.features, "naive", "label", "weight", "split", "stratum")
+        # Folds hold out whole users (pairs): each network is early-stopped on unseen ones.
+        fold = F.abs(F.xxhash64(F.lit(cfg.seed + 1), *[F.col(k) for k in keys])) % cfg.folds
+        sampled = (sampled.withColumn("split", F.when(is_test, "test").otherwise("train"))
+                          .withColumn("fold", F.when(is_test, F.lit(-1)).otherwise(fold)))
+        pdf = (sampled.select(*keys, "as_of_date", *spec.features, "naive", "label", "weight", "split", "fold")
                .toPandas().sort_values([*keys, "as_of_date"], kind="mergesort"))  # same order on any cluster
         rows.unpersist()
-        train, val, test = (_split(pdf[pdf["split"] == s].reset_index(drop=True), spec) for s in ("train", "validation", "test"))
-        if min(len(train.y), len(val.y), len(test.y)) == 0 or (test.y > 0).sum() == 0:
-            raise FileNotFoundError(f"{model}: too little data to train (train {len(train.y)}, validation "
-                                    f"{len(val.y)}, test {len(test.y)} rows, {(test.y > 0).sum()} with revenue in the "
-                                    f"test window); generate or ingest more history before --as-of {settings.as_of}")
+        train, test = (_split(pdf[pdf["split"] == s].reset_index(drop=True), spec) for s in ("train", "test"))
+        if len(np.unique(train.fold)) < cfg.folds or len(test.y) == 0 or (test.y > 0).sum() == 0:
+            raise FileNotFoundError(f"{model}: too little data to train (train {len(train.y)} rows in "
+                                    f"{len(np.unique(train.fold))} of {cfg.folds} folds, test {len(test.y)} rows, "
+                                    f"{(test.y > 0).sum()} with revenue in the test window); generate or ingest more "
+                                    f"history before --as-of {settings.as_of}")
         summary.count(f"{model} rows train", len(train.y))
-        summary.count(f"{model} rows validation", len(val.y))
         summary.count(f"{model} rows test", len(test.y))
         log_mask = np.array([f in spec.log_features for f in spec.features])
         base = {b: R.metrics(test.y, p, test.w)
@@ -280,7 +285,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, models: t
         params = {"model": model, "as_of": str(settings.as_of), "horizon_days": cfg.horizon_days,
                   "train_dates": ",".join(map(str, train_dates)), "test_date": str(test_date),
                   "sample_cap": cfg.sample_cap, "seed": cfg.seed, "silver_events_version": silver_version,
-                  "features": len(spec.features), "rows_train": len(train.y), "rows_validation": len(val.y),
+                  "features": len(spec.features), "rows_train": len(train.y), "folds": cfg.folds,
                   "rows_test": len(test.y), "sklearn": sklearn.__version__, "sweep": sweep}
         summary.note(f"{model}: train dates {', '.join(map(str, train_dates))}; test date {test_date} "
                      f"(labels {cfg.horizon_days} days after each)")
@@ -292,7 +297,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, models: t
                          f"total error {champion[1]['total_error_pct']:+.1f}%")
         for i, net in enumerate(nets):
             run_name = f"{model}-{settings.as_of}" + (f"-sweep{i}" if sweep else "")
-            scores, decision, version, run_id = train_one(settings, spec, log_mask, net, train, val, test, base, champion,
+            scores, decision, version, run_id = train_one(settings, spec, log_mask, net, train, test, base, champion,
                                                           inputs, params, run_name)
             verdict = "promoted to @champion" if decision.promote else "registered, not promoted"
             summary.note(f"  {name} v{version} (hidden {list(net.hidden)}): Gini {scores['gini']:.3f}, Spearman "

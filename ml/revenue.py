@@ -5,7 +5,8 @@ Revenue is zero for most users and heavy-tailed for the rest, so the network pre
 things per row: the probability p of any revenue, and the mean mu and spread sigma of log
 revenue when there is some (Wang, Liu & Miao 2019, "A deep probabilistic model for customer
 lifetime value prediction"). The loss is the negative log-likelihood of that mixture; the
-prediction is its mean p * exp(mu + sigma^2 / 2), which keeps totals unbiased. The module
+prediction is its mean p * exp(mu + sigma^2 / 2). K networks are cross-fitted on folds of
+users and averaged; their out-of-fold predictions calibrate the total. The module
 carries its own preprocessing (signed log, median imputation, z-scores) as buffers, so the
 logged model takes the raw feature columns.
 
@@ -48,7 +49,6 @@ class RevenueNet(nn.Module):
         self.register_buffer("median", torch.as_tensor(median, dtype=torch.float32))
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
-        self.register_buffer("scale", torch.ones(()))  # set by calibrate() after training
         layers: list[nn.Module] = []
         width = n_features
         for h in hidden:
@@ -72,22 +72,22 @@ class RevenueNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.loss != "ziln":
-            return self.scale * torch.exp(torch.clamp(self.log_mean(x), max=30.0))
+            return torch.exp(torch.clamp(self.log_mean(x), max=30.0))
         logit, mu, sigma = self.parameters_of(x)
-        return self.scale * torch.sigmoid(logit) * torch.exp(torch.clamp(mu + 0.5 * sigma * sigma, max=30.0))
+        return torch.sigmoid(logit) * torch.exp(torch.clamp(mu + 0.5 * sigma * sigma, max=30.0))
 
-    def calibrate(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float:
-        """Scale predictions so that their weighted total equals the actual total on (x, y).
-        The lognormal mean exp(mu + sigma^2 / 2) is very sensitive to sigma in the tail; one
-        factor fixed on rows the network did not train on (the validation users) corrects the
-        level without changing the order."""
-        self.scale.fill_(1.0)
-        with torch.no_grad():
-            predicted = float((self(x) * w).sum())
-        actual = float((torch.clamp(y, min=0) * w).sum())
-        if predicted > 0 and actual > 0:
-            self.scale.fill_(actual / predicted)
-        return float(self.scale)
+
+class Ensemble(nn.Module):
+    """The mean of K networks, each trained with another fold of users held out, times one
+    calibration factor. This is what gets logged and scored."""
+
+    def __init__(self, members: list[RevenueNet], scale: float = 1.0):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * torch.stack([m(x) for m in self.members]).mean(dim=0)
 
 
 def ziln_loss(logit: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor,
@@ -121,7 +121,6 @@ class Fit:
     model: RevenueNet
     history: list[tuple[int, float, float]] = field(default_factory=list)  # (epoch, train, validation)
     best_epoch: int = 0
-    scale: float = 1.0  # calibration factor, fixed on the validation rows
 
 
 def signed_log(x: np.ndarray, log_mask: np.ndarray) -> np.ndarray:
@@ -176,8 +175,34 @@ def fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, x_val: np.ndarray, y_val: n
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    result.scale = model.calibrate(vx, vy, vw)
     return result
+
+
+@dataclass
+class CrossFit:
+    model: Ensemble
+    folds: list[Fit]
+    out_of_fold: np.ndarray  # each training row predicted by the member that did not see it
+
+
+def cross_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, fold: np.ndarray, log_mask: np.ndarray,
+              net: NetSettings, seed: int,
+              progress: Callable[[int, int, float, float], None] | None = None) -> CrossFit:
+    """K-fold cross-fitting: for each fold, a network trained on the other folds and early-
+    stopped on this one. The ensemble averages them (less variance than one network), and
+    the out-of-fold predictions fix one calibration factor over every training row: the
+    lognormal mean exp(mu + sigma^2 / 2) is sensitive to sigma in the tail, and an estimate
+    on all rows is far steadier than one on a single validation fold."""
+    fits, oof = [], np.zeros(len(y))
+    for i, k in enumerate(np.unique(fold)):
+        held = fold == k
+        report = (lambda e, t, v, k=int(k): progress(k, e, t, v)) if progress else None
+        f = fit(x[~held], y[~held], w[~held], x[held], y[held], w[held], log_mask, net, seed + i, report)
+        oof[held] = predict(f.model, x[held])
+        fits.append(f)
+    predicted, actual = float(np.sum(w * oof)), float(np.sum(w * np.clip(y, 0, None)))
+    scale = actual / predicted if predicted > 0 and actual > 0 else 1.0
+    return CrossFit(Ensemble([f.model for f in fits], scale), fits, oof * scale)
 
 
 def predict(model: nn.Module, x: np.ndarray) -> np.ndarray:

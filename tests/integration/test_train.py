@@ -37,9 +37,10 @@ def test_every_run_logs_the_promised_metrics_inputs_plots_and_model(spark, runs)
     silver = f"{EVENTS.qualified}@v{lake.version(spark, settings, EVENTS)}"
     for run in found:
         assert METRIC_KEYS <= set(run.data.metrics)
-        epochs = int(run.data.metrics["epochs"])
-        assert len(client.get_metric_history(run.info.run_id, "train_loss")) == epochs
-        assert len(client.get_metric_history(run.info.run_id, "val_loss")) == epochs
+        for k in range(settings.train.folds):
+            epochs = int(run.data.metrics[f"epochs_fold{k}"])
+            assert len(client.get_metric_history(run.info.run_id, f"train_loss_fold{k}")) == epochs
+            assert len(client.get_metric_history(run.info.run_id, f"val_loss_fold{k}")) == epochs
         assert silver in [d.dataset.name for d in run.inputs.dataset_inputs]
         plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
         assert plots == {"plots/predicted_vs_actual.png", "plots/decile_calibration.png", "plots/loss_curve.png"}

@@ -42,6 +42,22 @@ def test_regressor_learns_a_planted_zero_inflated_relation():
     np.testing.assert_allclose(R.predict(again.model, xt), predicted, rtol=1e-6)
 
 
+def test_cross_fitted_ensemble_is_calibrated_on_out_of_fold_predictions():
+    rng = np.random.default_rng(1)
+    (x, y), (xt, yt) = planted(2400, rng), planted(1000, rng)
+    w = rng.choice([1.0, 4.0], len(y))
+    fold = np.arange(len(y)) % 3
+    crossed = R.cross_fit(x, y, w, fold, np.zeros(6, bool), NetSettings(hidden=(32,)), seed=4)
+    # one member per fold, each early-stopped on its own fold
+    assert len(crossed.model.members) == len(crossed.folds) == 3
+    # calibrated out-of-fold predictions add up to the actual weighted total
+    assert np.sum(w * crossed.out_of_fold) == pytest.approx(np.sum(w * y), rel=1e-6)
+    # the ensemble is the calibration factor times the members' mean, and it generalises
+    members = np.mean([R.predict(f.model, xt) for f in crossed.folds], axis=0)
+    np.testing.assert_allclose(R.predict(crossed.model, xt), float(crossed.model.scale) * members, rtol=1e-5)
+    assert r2_score(yt, R.predict(crossed.model, xt)) > 0.9
+
+
 def test_the_network_imputes_missing_and_log_scales_inside_the_model():
     model = R.RevenueNet(2, (4,), 0.0, np.array([True, False]), np.array([1.0, 5.0]), np.zeros(2), np.ones(2))
     x = torch.tensor([[math.e - 1, float("nan")], [-(math.e - 1), 2.0]])
@@ -201,7 +217,7 @@ def test_stratified_sample_caps_rows_and_weights_restore_the_totals(spark):
 
 
 def test_logged_model_round_trips_through_the_registry(tmp_path):
-    # GIVEN a trained network and a feature frame with a missing value
+    # GIVEN a trained ensemble and a feature frame with a missing value
     import mlflow
     import pandas as pd
     from mlflow.tracking import MlflowClient
@@ -209,9 +225,9 @@ def test_logged_model_round_trips_through_the_registry(tmp_path):
     from jobs.train import log_model
 
     rng = np.random.default_rng(5)
-    (x, y), (xv, yv) = planted(600, rng), planted(200, rng)
+    x, y = planted(600, rng)
     net = NetSettings(hidden=(8,), max_epochs=5)
-    model = R.fit(x, y, np.ones(len(y)), xv, yv, np.ones(len(yv)), np.zeros(6, bool), net, seed=2).model
+    model = R.cross_fit(x, y, np.ones(len(y)), np.arange(600) % 2, np.zeros(6, bool), net, seed=2).model
     frame = pd.DataFrame(x[:50], columns=[f"f{i}" for i in range(6)])
     frame.iloc[0, 1] = np.nan
     # WHEN it is logged, registered and promoted, then loaded by alias
