@@ -84,6 +84,11 @@ def session_conf(settings: Settings) -> dict[str, str]:
 
 def build_session(settings: Settings):
     """Build (or return the running) SparkSession for these settings."""
+    # Local mode: Python workers (pandas UDFs, model scoring) must run this interpreter (the
+    # project's venv), not whatever `python3` is first on PATH; PySpark reads PYSPARK_PYTHON
+    # when it creates the context. On a cluster spark-submit's environment decides.
+    if (settings.spark.master or "").startswith("local"):
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = _base_builder(settings.spark.app_name, settings.spark.master, session_conf(settings)).getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark

@@ -215,6 +215,41 @@ PERSONA_TRANSITIONS = Table(
     keys=("as_of_date", "from_label", "to_label"),
 )
 
+# Lineage carried by every score row: the model that produced it and the input versions.
+_LINEAGE = (("model_name", _S, False), ("model_version", _S, False), ("run_id", _S, False))
+
+USER_REVENUE_SCORES = Table(
+    "gold", "user_revenue_scores",
+    _s(("user_id", _S, False), ("as_of_date", DateType(), False), ("predicted_revenue", _D, False),
+       ("horizon_days", _I, False), ("persona_id", _I, True), ("persona_label", _S, True), *_LINEAGE,
+       ("user_features_version", _L, False), ("user_personas_version", _L, True)),
+    keys=("user_id", "as_of_date"),
+    partition_by=("as_of_date",),
+    checks={"prediction_not_negative": "predicted_revenue >= 0"},
+)
+
+SYNERGY_SCORES = Table(
+    "gold", "synergy_scores",
+    _s(("creator_id", _S, False), ("platform", _S, False), ("as_of_date", DateType(), False),
+       ("category", _S, True), ("status", _S, False), ("q", _D, True), ("e", _D, True), ("e_p", _D, True),
+       ("synergy", _D, True), ("r_c", _D, False), ("predicted_revenue", _D, False),
+       ("potential_revenue", _D, True), ("uplift", _D, True), *_LINEAGE,
+       ("creator_quality_version", _L, False), ("creator_platform_period_version", _L, False)),
+    keys=("creator_id", "platform", "as_of_date"),
+    partition_by=("as_of_date",),
+    checks={"status_known": "status IN ('established', 'weak', 'absent')"},
+)
+
+REVENUE_METRICS = Table(
+    "gold", "revenue_metrics",
+    _s(("platform", _S, False), ("as_of_date", DateType(), False), ("period_start", DateType(), False),
+       ("revenue", _D, False), ("r_p", _D, False), ("sum_r_c", _D, False), ("gap", _D, False),
+       ("creator_share", _D, True), ("predicted_revenue_next", _D, False),
+       ("predicted_by_persona", MapType(_S, _D), False), *_LINEAGE,
+       ("platform_period_version", _L, False), ("user_revenue_scores_version", _L, False)),
+    keys=("platform", "as_of_date"),
+)
+
 AGGREGATE_LOG = Table(
     "gold", "aggregate_log",
     _s(("as_of_date", DateType(), False), ("silver_version", _L, False), ("horizon_date", DateType(), False),

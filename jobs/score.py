@@ -1,0 +1,253 @@
+"""Score one --as-of date with the champion models and write the synergy and revenue tables.
+
+- gold.user_revenue_scores: every user of gold.user_features at --as-of, scored once by
+  models:/<prefix>-user_revenue@champion (Arrow pandas UDF: mlflow.pyfunc.spark_udf), with
+  persona, model name / version / run id and the input table versions.
+- gold.synergy_scores: every creator x platform: Q, E, synergy = Q * E, R_C, next period's
+  predicted revenue (models:/<prefix>-creator_platform_revenue@champion) and, where the creator
+  is absent or weak, the revenue predicted if it expanded there and the uplift.
+- gold.revenue_metrics: per platform, R_P vs the creators' ΣR_C (gap, share) and next period's
+  revenue predicted from the user scores, in total and per persona.
+
+Each table replaces its as_of slice, so re-scoring with the same models gives identical tables.
+The summary lists the top synergy pairs, the largest expansion opportunities, the revenue
+balance and the champions' metrics, and an HTML report with plots goes to
+<lake root>/reports/ipsynergy-<as_of>.html.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+import sys
+from collections.abc import Mapping
+
+import mlflow
+import mlflow.pyfunc
+from mlflow.tracking import MlflowClient
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs import lake, tracking
+from jobs.cli import Summary, run_job
+from jobs.config import Settings
+from ml import revenue as R
+from transforms import scoring as S
+from transforms import training as T
+from transforms.schemas import (
+    CREATOR_PLATFORM_PERIOD, CREATOR_QUALITY, PERSONA_PROFILES, PLATFORM_PERIOD, REVENUE_METRICS, SYNERGY_SCORES,
+    TRUTH_CREATORS, TRUTH_PLATFORMS, USER_FEATURES, USER_PERSONAS, USER_REVENUE_SCORES,
+)
+
+log = logging.getLogger(__name__)
+
+
+def champion(settings: Settings, model: str) -> tuple[dict[str, str], list[str], dict[str, float]]:
+    """(lineage, input columns, logged test metrics) of ``model``'s current champion."""
+    name = tracking.model_name(settings, model)
+    client = MlflowClient()
+    try:
+        version = client.get_model_version_by_alias(name, "champion")
+    except mlflow.exceptions.MlflowException:
+        raise FileNotFoundError(f"no @champion for {name} in {settings.tracking_uri}: run jobs.train --as-of "
+                                f"{settings.as_of} (the job says why a version was not promoted)") from None
+    uri = f"models:/{name}/{version.version}"
+    inputs = mlflow.models.get_model_info(uri).signature.inputs.input_names()
+    metrics = client.get_run(version.run_id).data.metrics
+    return ({"model_name": name, "model_version": str(version.version), "run_id": version.run_id, "uri": uri},
+            list(inputs), {m: metrics.get(f"test_{m}", float("nan")) for m in R.METRICS})
+
+
+def predict(spark: SparkSession, frame: DataFrame, uri: str, inputs: list[str]) -> DataFrame:
+    """``frame`` with a ``prediction`` column from the logged model, in Arrow batches on the executors."""
+    udf = mlflow.pyfunc.spark_udf(spark, uri, result_type="double", env_manager="local")
+    return frame.withColumn("prediction", udf(*inputs))
+
+
+def _slice(spark: SparkSession, settings: Settings, table) -> tuple[DataFrame, int]:
+    if not lake.exists(spark, settings, table):
+        raise FileNotFoundError(f"{table.qualified} not found under {settings.lake_root}: run jobs.aggregate "
+                                f"--as-of {settings.as_of} first")
+    v = lake.version(spark, settings, table)
+    df = lake.read(spark, settings, table, as_of_version=v).where(F.col("as_of_date") == F.lit(settings.as_of))
+    return df, v
+
+
+def _check_inputs(model: str, inputs: list[str], spec: T.ModelSpec) -> None:
+    if list(spec.features) != inputs:
+        raise FileNotFoundError(f"the {model} champion expects columns {inputs}, today's features are "
+                                f"{list(spec.features)}: retrain with jobs.train --as-of <date>")
+
+
+def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summary:
+    as_of = settings.as_of
+    tracking.experiment(settings, "revenue")
+    features, features_v = _slice(spark, settings, USER_FEATURES)
+    quality, quality_v = _slice(spark, settings, CREATOR_QUALITY)
+    pairs, pairs_v = _slice(spark, settings, CREATOR_PLATFORM_PERIOD)
+    platform_period, platform_v = _slice(spark, settings, PLATFORM_PERIOD)
+    if features.limit(1).count() == 0:
+        raise FileNotFoundError(f"gold.user_features has no slice for {as_of}: run jobs.aggregate --as-of {as_of}")
+    as_of_slice = f"as_of_date = DATE'{as_of.isoformat()}'"
+
+    # -- users ------------------------------------------------------------------------------
+    user_lineage, inputs, user_metrics = champion(settings, "user_revenue")
+    platforms, categories = S.keys_of(inputs, "platform_"), S.keys_of(inputs, "cat_")
+    spec = T.user_spec(platforms, categories)
+    _check_inputs("user_revenue", inputs, spec)
+    personas, personas_v = None, None
+    if lake.exists(spark, settings, USER_PERSONAS):
+        personas_v = lake.version(spark, settings, USER_PERSONAS)
+        personas = (lake.read(spark, settings, USER_PERSONAS, as_of_version=personas_v)
+                    .where(F.col("as_of_date") == F.lit(as_of)))
+    scored = predict(spark, T.user_model_frame(features, spec, platforms, categories), user_lineage["uri"], inputs)
+    users = S.user_scores(scored, personas, as_of, settings.train.horizon_days, user_lineage, features_v, personas_v)
+    log.info("scoring users with %s v%s", user_lineage["model_name"], user_lineage["model_version"])
+    scores_v = lake.replace_where(spark, settings, USER_REVENUE_SCORES, users, as_of_slice)
+    summary.table(USER_REVENUE_SCORES.qualified, scores_v)
+
+    # -- creator x platform -------------------------------------------------------------------
+    pair_lineage, pair_inputs, pair_metrics = champion(settings, "creator_platform_revenue")
+    pair_platforms, pair_categories = S.keys_of(pair_inputs, "is_"), S.keys_of(pair_inputs, "cat_")
+    pspec = T.pair_spec(pair_platforms, pair_categories)
+    _check_inputs("creator_platform_revenue", pair_inputs, pspec)
+    frame = T.pair_model_frame(quality, pairs, pspec, pair_platforms, pair_categories).cache()
+    current = predict(spark, frame, pair_lineage["uri"], pair_inputs)
+    potential = predict(spark, S.potential_frame(frame, quality, pair_platforms, pspec), pair_lineage["uri"], pair_inputs)
+    synergy = S.synergy_scores(pairs, quality, current, potential, as_of, pair_lineage,
+                               {"creator_quality": quality_v, "creator_platform_period": pairs_v})
+    summary.table(SYNERGY_SCORES.qualified, lake.replace_where(spark, settings, SYNERGY_SCORES, synergy, as_of_slice))
+    frame.unpersist()
+
+    # -- platforms ----------------------------------------------------------------------------
+    written = lake.read(spark, settings, USER_REVENUE_SCORES, as_of_version=scores_v).where(F.col("as_of_date") == F.lit(as_of))
+    metrics = S.revenue_metrics(platform_period, pairs, written, features, sorted(settings.platforms), as_of,
+                                user_lineage, {"platform_period": platform_v, "user_revenue_scores": scores_v})
+    summary.table(REVENUE_METRICS.qualified, lake.replace_where(spark, settings, REVENUE_METRICS, metrics, as_of_slice))
+
+    tables = {t.name: lake.read(spark, settings, t).where(F.col("as_of_date") == F.lit(as_of)).toPandas()
+              for t in (SYNERGY_SCORES, REVENUE_METRICS)}
+    summary.count("users scored", written.count())
+    summary.count("creator x platform rows", len(tables["synergy_scores"]))
+    profiles = (lake.read(spark, settings, PERSONA_PROFILES).where(F.col("as_of_date") == F.lit(as_of)).toPandas()
+                if lake.exists(spark, settings, PERSONA_PROFILES) else None)
+    truth = against_truth(spark, settings, synergy_table=tables["synergy_scores"])
+    lines = _summary_lines(tables, profiles, {"user_revenue": (user_lineage, user_metrics),
+                                              "creator_platform_revenue": (pair_lineage, pair_metrics)}, truth)
+    for line in lines:
+        summary.note(line)
+    path = f"{settings.lake_root}/reports/ipsynergy-{as_of.isoformat()}.html"
+    lake.write_text(spark, path, report(as_of, tables, profiles, lines))
+    summary.note(f"report: {path}")
+    return summary
+
+
+def against_truth(spark: SparkSession, settings: Settings, synergy_table) -> float | None:
+    """Spearman of synergy vs planted quality x promotion over the active pairs (evaluation only)."""
+    from scipy.stats import spearmanr
+
+    if not (lake.exists(spark, settings, TRUTH_CREATORS) and lake.exists(spark, settings, TRUTH_PLATFORMS)):
+        return None
+    truth = (lake.read(spark, settings, TRUTH_CREATORS).select("creator_id", "quality").toPandas()
+             .merge(lake.read(spark, settings, TRUTH_PLATFORMS).toPandas(), how="cross"))
+    truth["planted"] = truth["quality"] * truth["promotion"]
+    joined = synergy_table.dropna(subset=["synergy"]).merge(truth, on=["creator_id", "platform"])
+    return float(spearmanr(joined["synergy"], joined["planted"]).statistic) if len(joined) >= 3 else None
+
+
+def _summary_lines(tables, profiles, champions: Mapping, truth: float | None) -> list[str]:
+    syn, rev = tables["synergy_scores"], tables["revenue_metrics"]
+    lines = ["top synergy pairs (Q x E):"]
+    for r in syn.dropna(subset=["synergy"]).nlargest(5, "synergy").itertuples():
+        lines.append(f"  {r.creator_id:<14} {r.platform:<11} synergy {r.synergy:.3f} (Q {r.q:.2f}, E {r.e:.2f})  "
+                     f"R_C {r.r_c:>10,.2f}  next {r.predicted_revenue:>10,.2f}")
+    lines.append("largest expansion opportunities (predicted revenue there, uplift over today):")
+    for r in syn.dropna(subset=["uplift"]).nlargest(5, "uplift").itertuples():
+        lines.append(f"  {r.creator_id:<14} -> {r.platform:<11} ({r.status})  potential {r.potential_revenue:>10,.2f}  "
+                     f"uplift {r.uplift:>+10,.2f}")
+    lines.append(f"revenue balance per platform: {'platform':<11} {'R_P':>10} {'ΣR_C':>11} {'gap':>11} "
+                 f"{'share':>6} {'next (pred.)':>13}")
+    for r in rev.sort_values("platform").itertuples():
+        share = "n/a" if r.creator_share != r.creator_share else f"{r.creator_share:.1%}"
+        lines.append(f"  {'':<27} {r.platform:<11} {r.r_p:>10,.2f} {r.sum_r_c:>11,.2f} {r.gap:>11,.2f} {share:>6} "
+                     f"{r.predicted_revenue_next:>13,.2f}")
+    if profiles is not None and len(profiles):
+        lines.append("personas:")
+        for r in profiles.sort_values("size", ascending=False).itertuples():
+            rev_share = "n/a" if r.revenue_share != r.revenue_share else f"{r.revenue_share:.1%}"
+            lines.append(f"  {r.persona_label[:50]:<50} {r.size:>7,} users {r.user_share:>6.1%}  revenue {rev_share:>6}")
+    for model, (lineage, m) in champions.items():
+        lines.append(f"champion {lineage['model_name']} v{lineage['model_version']}: Gini {m['gini']:.3f}, Spearman "
+                     f"{m['spearman']:.3f}, RMSE {m['rmse']:.2f}, total error {m['total_error_pct']:+.1f}%")
+    if truth is not None:
+        lines.append(f"evaluation: Spearman synergy vs planted quality x promotion {truth:.3f} (truth is not used by the job)")
+    return lines
+
+
+def _figure(draw) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    draw(ax)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def report(as_of, tables, profiles, lines: list[str]) -> str:
+    """One self-contained HTML page: four plots and the summary."""
+    syn, rev = tables["synergy_scores"], tables["revenue_metrics"].sort_values("platform")
+    top = syn.dropna(subset=["synergy"]).nlargest(12, "synergy").iloc[::-1]
+    grow = syn.dropna(subset=["uplift"]).nlargest(12, "uplift").iloc[::-1]
+
+    def synergy(ax):
+        ax.barh(top["creator_id"] + " @ " + top["platform"], top["synergy"], color="#4477aa")
+        ax.set_xlabel("synergy = Q x E")
+        ax.set_title("Top creator x platform synergy")
+
+    def expansion(ax):
+        ax.barh(grow["creator_id"] + " -> " + grow["platform"], grow["uplift"], color="#228833")
+        ax.set_xlabel("predicted uplift next period (CNY)")
+        ax.set_title("Largest expansion opportunities")
+
+    def balance(ax):
+        x = range(len(rev))
+        ax.bar([i - 0.27 for i in x], rev["r_p"], width=0.27, label="R_P (platform, promotion)", color="#4477aa")
+        ax.bar(list(x), rev["sum_r_c"], width=0.27, label="ΣR_C (creators)", color="#ee6677")
+        ax.bar([i + 0.27 for i in x], rev["predicted_revenue_next"], width=0.27, label="predicted next period",
+               color="#ccbb44")
+        ax.set_xticks(list(x), rev["platform"])
+        ax.set_ylabel("CNY")
+        ax.set_title("Revenue balance per platform")
+        ax.legend(fontsize=8)
+
+    def personas(ax):
+        bottom = [0.0] * len(rev)
+        names = sorted({k for m in rev["predicted_by_persona"] for k, _ in (m.items() if isinstance(m, dict) else m)})
+        for name in names:
+            values = [dict(m).get(name, 0.0) for m in rev["predicted_by_persona"]]
+            ax.bar(rev["platform"], values, bottom=bottom, label=name[:40])
+            bottom = [b + v for b, v in zip(bottom, values)]
+        ax.set_ylabel("predicted revenue next period (CNY)")
+        ax.set_title("Predicted revenue by persona")
+        ax.legend(fontsize=7)
+
+    body = "".join(_figure(d) for d in (synergy, expansion, balance, personas))
+    text = html.escape("\n".join(lines))
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>ipsynergy {as_of}</title>"
+            "<style>body{font-family:sans-serif;margin:2em;max-width:1600px} img{margin:0.5em}"
+            "pre{background:#f6f6f6;padding:1em}</style></head>"
+            f"<body><h1>ipsynergy — {as_of}</h1><div>{body}</div><h2>Summary</h2><pre>{text}</pre></body></html>")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job("jobs.score", __doc__, argv, execute)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

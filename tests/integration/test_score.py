@@ -1,0 +1,144 @@
+"""jobs.score on the small generated lake (after the gold, personas and train modules): every
+user scored exactly once with the champion's own predictions and full lineage, the synergy
+and revenue tables add up, and re-scoring replaces the slice with identical content."""
+import datetime as dt
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from pyspark.sql import functions as F
+
+from jobs import aggregate, lake, personas, score, tracking, train
+from jobs.cli import Summary
+from transforms import scoring as S
+from transforms import training as T
+from transforms.schemas import (
+    CREATOR_PLATFORM_PERIOD, CREATOR_QUALITY, PLATFORM_PERIOD, REVENUE_METRICS, SYNERGY_SCORES, USER_FEATURES,
+    USER_PERSONAS, USER_REVENUE_SCORES,
+)
+
+AS_OF = dt.date(2026, 6, 30)
+TABLES = (USER_REVENUE_SCORES, SYNERGY_SCORES, REVENUE_METRICS)
+
+
+def slice_of(spark, settings, table):
+    return lake.read(spark, settings, table).where(F.col("as_of_date") == F.lit(AS_OF))
+
+
+def rows(spark, settings, table):
+    df = slice_of(spark, settings, table)
+    if "predicted_by_persona" in df.columns:
+        df = df.withColumn("predicted_by_persona", F.map_entries("predicted_by_persona"))
+    return sorted(tuple(r) for r in df.collect())
+
+
+@pytest.fixture(scope="module")
+def scored(spark, small_lake):
+    settings, _ = small_lake
+    if not lake.exists(spark, settings, USER_FEATURES) or slice_of(spark, settings, USER_FEATURES).limit(1).count() == 0:
+        aggregate.execute(spark, settings.model_copy(update={"as_of": AS_OF}), Summary("aggregate"))
+    settings = settings.model_copy(update={"as_of": AS_OF})
+    if not lake.exists(spark, settings, USER_PERSONAS) or slice_of(spark, settings, USER_PERSONAS).limit(1).count() == 0:
+        quick = settings.personas.model_copy(update={"k_min": 3, "k_max": 4, "restarts": 1})
+        personas.execute(spark, settings.model_copy(update={"personas": quick}), Summary("personas"))
+    tracking.experiment(settings, "revenue")
+    client = MlflowClient()
+    if not client.search_model_versions(f"name = '{tracking.model_name(settings, 'user_revenue')}'"):
+        quick = settings.train.model_copy(update={"min_history_days": 7, "windows": 2, "folds": 2,
+                                                  "net": settings.train.net.model_copy(update={"max_epochs": 10})})
+        train.execute(spark, settings.model_copy(update={"train": quick}), Summary("train"))
+    champions = {}
+    for model in ("user_revenue", "creator_platform_revenue"):
+        # Scoring uses whatever is @champion; the train module may not have promoted a model
+        # trained on this tiny lake, so promote its latest version here if needed.
+        name = tracking.model_name(settings, model)
+        try:
+            champions[model] = client.get_model_version_by_alias(name, "champion")
+        except mlflow.exceptions.MlflowException:
+            latest = max(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+            client.set_registered_model_alias(name, "champion", latest.version)
+            champions[model] = client.get_model_version_by_alias(name, "champion")
+    summary = score.execute(spark, settings, Summary("score"))
+    first = {t.name: rows(spark, settings, t) for t in TABLES}
+    versions = {t.name: lake.version(spark, settings, t) for t in TABLES}
+    score.execute(spark, settings, Summary("score"))
+    second = {t.name: rows(spark, settings, t) for t in TABLES}
+    return settings, champions, summary, first, second, versions
+
+
+def test_every_user_is_scored_exactly_once_with_lineage(spark, scored):
+    settings, champions, _, _, _, versions = scored
+    users = slice_of(spark, settings, USER_FEATURES).select("user_id")
+    out = slice_of(spark, settings, USER_REVENUE_SCORES)
+    assert out.count() == out.select("user_id").distinct().count() == users.count()
+    assert out.join(users, "user_id", "left_anti").count() == 0 and users.join(out, "user_id", "left_anti").count() == 0
+    champ = champions["user_revenue"]
+    lineage = out.select("model_name", "model_version", "run_id", "user_features_version", "horizon_days").distinct().collect()
+    assert [tuple(r) for r in lineage] == [(tracking.model_name(settings, "user_revenue"), str(champ.version),
+                                           champ.run_id, lake.version(spark, settings, USER_FEATURES),
+                                           settings.train.horizon_days)]
+    # personas of the same as_of are attached to every user
+    personas = slice_of(spark, settings, USER_PERSONAS).select("user_id", "persona_label")
+    assert out.join(personas, ["user_id", "persona_label"], "inner").count() == users.count()
+
+
+def test_scores_equal_the_models_own_predictions(spark, scored):
+    settings, champions, _, _, _, _ = scored
+    name = tracking.model_name(settings, "user_revenue")
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{champions['user_revenue'].version}")
+    inputs = model.metadata.get_input_schema().input_names()
+    platforms, categories = S.keys_of(inputs, "platform_"), S.keys_of(inputs, "cat_")
+    frame = T.user_model_frame(slice_of(spark, settings, USER_FEATURES), T.user_spec(platforms, categories),
+                               platforms, categories).toPandas().sort_values("user_id")
+    expected = np.clip(np.asarray(model.predict(frame[inputs])).ravel(), 0, None)
+    got = slice_of(spark, settings, USER_REVENUE_SCORES).toPandas().sort_values("user_id")
+    assert got["user_id"].tolist() == frame["user_id"].tolist()
+    np.testing.assert_allclose(got["predicted_revenue"].to_numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_synergy_and_revenue_tables_add_up(spark, scored):
+    settings, champions, _, _, _, _ = scored
+    syn = slice_of(spark, settings, SYNERGY_SCORES).toPandas()
+    pairs = slice_of(spark, settings, CREATOR_PLATFORM_PERIOD).toPandas()
+    creators = slice_of(spark, settings, CREATOR_QUALITY).count()
+    # every creator x configured platform, once
+    assert len(syn) == len(syn.drop_duplicates(["creator_id", "platform"])) == creators * len(settings.platforms)
+    present = syn.merge(pairs[["creator_id", "platform", "e", "reads"]], on=["creator_id", "platform"], suffixes=("", "_p"))
+    active = present[present["reads"] > 0]
+    np.testing.assert_allclose(active["synergy"], active["q"] * active["e_p"], rtol=1e-9)
+    assert set(active["status"]) <= {"established", "weak"}
+    absent = syn[syn["status"] == "absent"]
+    assert absent["synergy"].isna().all() and absent["uplift"].notna().all()
+    assert syn[syn["status"] == "established"]["uplift"].isna().all()
+    assert (syn["model_version"] == str(champions["creator_platform_revenue"].version)).all()
+    rev = slice_of(spark, settings, REVENUE_METRICS).toPandas().set_index("platform")
+    plat = slice_of(spark, settings, PLATFORM_PERIOD).toPandas().set_index("platform")
+    sums = pairs.groupby("platform")["r_c"].sum()
+    for p in settings.platforms:
+        assert rev.loc[p, "sum_r_c"] == pytest.approx(sums.get(p, 0.0))
+        assert rev.loc[p, "r_p"] == pytest.approx(plat.loc[p, "r_p"])
+        assert rev.loc[p, "gap"] == pytest.approx(abs(plat.loc[p, "r_p"] - sums.get(p, 0.0)))
+        assert sum(dict(rev.loc[p, "predicted_by_persona"]).values()) == pytest.approx(rev.loc[p, "predicted_revenue_next"])
+    # predicted revenue is split across platforms by activity share: the platforms add up to the users
+    users_total = slice_of(spark, settings, USER_REVENUE_SCORES).agg(F.sum("predicted_revenue")).first()[0]
+    active_users = (slice_of(spark, settings, USER_REVENUE_SCORES)
+                    .join(slice_of(spark, settings, USER_FEATURES).where(F.size("platform_share") > 0), "user_id")
+                    .agg(F.sum("predicted_revenue")).first()[0])
+    assert rev["predicted_revenue_next"].sum() == pytest.approx(active_users, rel=1e-9) and active_users <= users_total + 1e-6
+
+
+def test_rescoring_replaces_the_slice_with_identical_content(scored):
+    _, _, _, first, second, _ = scored
+    for name in first:
+        assert first[name] and second[name] == first[name], name
+
+
+def test_summary_and_report(spark, scored):
+    settings, _, summary, _, _, _ = scored
+    text = summary.render()
+    for heading in ("top synergy pairs", "largest expansion opportunities", "revenue balance per platform",
+                    "champion ipsynergy-user_revenue"):
+        assert heading in text
+    html = lake.read_text(spark, f"{settings.lake_root}/reports/ipsynergy-{AS_OF.isoformat()}.html")
+    assert html.count("data:image/png;base64,") == 4
