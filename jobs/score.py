@@ -123,7 +123,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
     # -- platforms ----------------------------------------------------------------------------
     written = lake.read(spark, settings, USER_REVENUE_SCORES, as_of_version=scores_v).where(F.col("as_of_date") == F.lit(as_of))
     metrics = S.revenue_metrics(platform_period, pairs, written, features, sorted(settings.platforms), as_of,
-                                user_lineage, {"platform_period": platform_v, "user_revenue_scores": scores_v})
+                                user_lineage, {"platform_period": platform_v, "user_features": features_v})
     summary.table(REVENUE_METRICS.qualified, lake.replace_where(spark, settings, REVENUE_METRICS, metrics, as_of_slice))
 
     tables = {t.name: lake.read(spark, settings, t).where(F.col("as_of_date") == F.lit(as_of)).toPandas()

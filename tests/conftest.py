@@ -13,6 +13,18 @@ SMALL = ["generate.users=150", "generate.creators=24", "generate.sessions=2500",
 TEST_OVERRIDES = ["spark.master=local[2]", "spark.shuffle_partitions=2", "spark.app_name=ipsynergy-tests"]
 
 
+# Integration modules share the small lake and build on each other's tables and models, in
+# this order (a module run alone builds what it needs itself).
+INTEGRATION_ORDER = ("test_bronze_silver", "test_gold", "test_personas", "test_train", "test_score")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item) -> int:
+        folder, _, module = item.module.__name__.rpartition(".")
+        return INTEGRATION_ORDER.index(module) if folder.endswith("integration") else -1
+    items.sort(key=rank)  # stable: unit tests first, in file order; then the integration chain
+
+
 def make_settings(lake_root, *overrides: str) -> Settings:
     return load_settings("local", [*TEST_OVERRIDES, f"lake.root={lake_root}", *overrides])
 

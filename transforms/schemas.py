@@ -246,7 +246,7 @@ REVENUE_METRICS = Table(
        ("revenue", _D, False), ("r_p", _D, False), ("sum_r_c", _D, False), ("gap", _D, False),
        ("creator_share", _D, True), ("predicted_revenue_next", _D, False),
        ("predicted_by_persona", MapType(_S, _D), False), *_LINEAGE,
-       ("platform_period_version", _L, False), ("user_revenue_scores_version", _L, False)),
+       ("platform_period_version", _L, False), ("user_features_version", _L, False)),
     keys=("platform", "as_of_date"),
 )
 

@@ -138,5 +138,5 @@ def revenue_metrics(platform_period: DataFrame, pairs: DataFrame, scores: DataFr
                                                     F.col("sum_r_c") / (F.col("r_p") + F.col("sum_r_c"))))
                 .select("*", F.lit(as_of).alias("as_of_date"), *_lineage(lineage),
                         F.lit(versions["platform_period"]).alias("platform_period_version"),
-                        F.lit(versions["user_revenue_scores"]).alias("user_revenue_scores_version")))
+                        F.lit(versions["user_features"]).alias("user_features_version")))
     return select_contract(out, REVENUE_METRICS)
