@@ -20,6 +20,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from jobs.config import PersonaSettings
+from transforms.training import share_columns
 
 # Heavy-tailed counts and amounts enter as sign(x) * ln(1 + |x|).
 LOG_FEATURES = ("events", "active_days", "monetary", "orders", "avg_order_value", "watch_hours",
@@ -49,8 +50,7 @@ def category_column(category: str) -> str:
 
 def flatten(features: DataFrame, categories: list[str]) -> DataFrame:
     """gold.user_features with the category mix as one column per category (0 when absent)."""
-    return features.select("*", *[F.coalesce(F.col("category_share")[c], F.lit(0.0)).alias(category_column(c))
-                                  for c in categories])
+    return features.select("*", *share_columns(F.col("category_share"), categories, category_column("")))
 
 
 def input_columns(categories: list[str]) -> list[str]:
