@@ -9,7 +9,8 @@ ARGS ?=
 
 .DEFAULT_GOAL := help
 MLFLOW_PORT ?= 5000
-.PHONY: help setup run test train-sweep mlflow-ui clean
+ENV_ARCHIVE := dist/ipsynergy-env.tar.gz
+.PHONY: help setup run test test-slow train-sweep mlflow-ui package cluster-up cluster-down clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -29,8 +30,11 @@ setup: $(SETUP_STAMP) $(JARS_STAMP) ## create .venv, install packages, cache the
 run: setup ## run the whole pipeline on generated data into lake/ (ARGS="--set key=value ...")
 	$(PY) -m jobs.pipeline $(ARGS)
 
-test: setup ## run the test suite (unit + integration)
-	$(PY) -m pytest $(ARGS)
+test: setup ## run the test suite (unit + integration; not the slow fault and cluster tests)
+	$(PY) -m pytest -m "not slow and not cluster" $(ARGS)
+
+test-slow: package ## run the slow tests: fault injection, and spark-submit to a standalone cluster
+	$(PY) -m pytest -m "slow or cluster" $(ARGS)
 
 train-sweep: setup ## train one revenue-model run per train.sweep entry on lake/ (after make run)
 	$(PY) -m jobs.train --sweep $(ARGS)
@@ -38,5 +42,17 @@ train-sweep: setup ## train one revenue-model run per train.sweep entry on lake/
 mlflow-ui: setup ## open the MLflow UI on the lake's runs at http://127.0.0.1:$(MLFLOW_PORT)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/lake/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
+$(ENV_ARCHIVE): $(SETUP_STAMP)
+	$(PY) -m jobs.deploy package --with-env
+
+package: setup $(ENV_ARCHIVE) ## build dist/ for spark-submit: code zip, entry point, Delta jars, packed env
+	$(PY) -m jobs.deploy package
+
+cluster-up: setup ## start a Spark standalone cluster (master + 2 workers) and an MLflow server on 127.0.0.1
+	$(PY) -m jobs.deploy cluster-up $(ARGS)
+
+cluster-down: ## stop the cluster and MLflow server of make cluster-up
+	$(PY) -m jobs.deploy cluster-down
+
 clean: ## remove the lake, caches of test runs and build output (keeps .venv and jars)
-	rm -rf lake spark-warehouse .pytest_cache dist build *.egg-info
+	rm -rf lake spark-warehouse .pytest_cache dist build *.egg-info .cache/cluster

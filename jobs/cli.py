@@ -82,14 +82,14 @@ def run_job(prog: str, description: str, argv: list[str] | None,
         add_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging()
+    from jobs.session import build_session
+
     try:
         settings = load_settings(args.env, args.set, args.as_of)
+        spark = build_session(settings)
     except ConfigError as err:
         print(f"{prog}: {err}", file=sys.stderr)
         return 2
-    from jobs.session import build_session
-
-    spark = build_session(settings)
     try:
         summary = body(spark, settings, Summary(prog), **(options(args) if options else {}))
     except FileNotFoundError as err:  # a missing input table or folder: say which, no traceback

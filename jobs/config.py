@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,7 +15,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = Path(os.environ.get("IPSYNERGY_CONF_DIR", PROJECT_ROOT / "conf"))
+# Shipped to a cluster as ipsynergy.zip (`make package`, spark-submit --py-files): the code and
+# conf/ are read from inside the zip, and relative lake paths resolve against the working directory.
+PACKAGED = PROJECT_ROOT.is_file()
+if "IPSYNERGY_CONF_DIR" in os.environ:
+    CONF_DIR: Path | zipfile.Path = Path(os.environ["IPSYNERGY_CONF_DIR"])
+else:
+    CONF_DIR = zipfile.Path(PROJECT_ROOT, "conf/") if PACKAGED else PROJECT_ROOT / "conf"
 LAKE_ROOT_ENV = "IPSYNERGY_LAKE_ROOT"
 UNIFIED_EVENT_TYPES = (
     "impression", "click", "view", "play", "complete", "like", "comment",
@@ -225,19 +232,26 @@ class Settings(_Strict):
         return self.mlflow.tracking_uri or f"sqlite:///{self.lake_root}/mlflow.db"
 
     @property
-    def artifact_root(self) -> str:
-        return self.mlflow.artifact_root or f"{self.lake_root}/mlartifacts"
+    def artifact_root(self) -> str | None:
+        """Where new experiments keep artifacts: the configured root; none with a tracking server
+        (the server stores them, `mlflow server --artifacts-destination`); else beside the lake."""
+        if self.mlflow.artifact_root:
+            return self.mlflow.artifact_root
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return None
+        return f"{self.lake_root}/mlartifacts"
 
     def table_path(self, layer: str, name: str) -> str:
         return f"{self.lake_root}/{layer}/{name}"
 
 
 def resolve_location(location: str) -> str:
-    """A URI stays as it is; a local path becomes absolute (relative to the project root)."""
+    """A URI stays as it is; a local path becomes absolute (relative to the project root, or to
+    the working directory when the code runs from the packaged zip)."""
     if "://" in location:
         return location.rstrip("/")
     path = Path(location)
-    return str(path if path.is_absolute() else (PROJECT_ROOT / path).resolve())
+    return str(path if path.is_absolute() else ((Path.cwd() if PACKAGED else PROJECT_ROOT) / path).resolve())
 
 
 # -- platform mappings -------------------------------------------------------
@@ -318,7 +332,12 @@ def _check_fields(fields: dict, allowed: tuple[str, ...], required: tuple[str, .
 
 
 # -- loading -----------------------------------------------------------------
-def _read_yaml(path: Path) -> dict:
+def _yaml_files(directory: Path | zipfile.Path) -> list:
+    return sorted((p for p in directory.iterdir() if p.name.endswith(".yaml")), key=lambda p: p.name) \
+        if directory.exists() else []
+
+
+def _read_yaml(path: Path | zipfile.Path) -> dict:
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
     with path.open(encoding="utf-8") as fh:
@@ -363,7 +382,7 @@ def load_settings(env: str = "local", overrides: list[str] | tuple[str, ...] = (
     data = _read_yaml(CONF_DIR / "base.yaml")
     env_file = CONF_DIR / f"{env}.yaml"
     if not env_file.exists():
-        known = sorted(p.stem for p in CONF_DIR.glob("*.yaml") if p.stem != "base")
+        known = sorted(p.stem for p in _yaml_files(CONF_DIR) if p.stem != "base")
         raise ConfigError(f"unknown --env {env!r}: no {env_file.name} in {CONF_DIR} (known: {', '.join(known)})")
     data = _merge(data, _read_yaml(env_file))
     for assignment in overrides:
@@ -378,15 +397,16 @@ def load_settings(env: str = "local", overrides: list[str] | tuple[str, ...] = (
         raise ConfigError(_describe(err, f"conf/base.yaml + conf/{env}.yaml + --set")) from None
 
 
-def load_platforms(directory: Path | None = None) -> dict[str, PlatformMapping]:
+def load_platforms(directory: Path | zipfile.Path | None = None) -> dict[str, PlatformMapping]:
     """Every conf/platforms/*.yaml, validated; the file name must match its ``name``."""
     directory = directory or CONF_DIR / "platforms"
     mappings: dict[str, PlatformMapping] = {}
-    for path in sorted(directory.glob("*.yaml")):
+    for path in _yaml_files(directory):
         try:
             mapping = PlatformMapping.model_validate(_read_yaml(path))
         except ValidationError as err:
-            raise ConfigError(_describe(err, str(path.relative_to(directory.parent.parent) if directory.is_relative_to(PROJECT_ROOT) else path))) from None
+            shown = f"conf/platforms/{path.name}" if directory == CONF_DIR / "platforms" else str(path)
+            raise ConfigError(_describe(err, shown)) from None
         if mapping.name != path.stem:
             raise ConfigError(f"{path.name}: name {mapping.name!r} must equal the file name {path.stem!r}")
         mappings[mapping.name] = mapping

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from jobs.config import PROJECT_ROOT, Settings
+from jobs.config import PROJECT_ROOT, ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,21 @@ def _base_builder(app_name: str, master: str | None, conf: dict[str, str]):
     return builder
 
 
-def session_conf(settings: Settings) -> dict[str, str]:
-    """The Spark settings every ipsynergy session carries."""
+def submitted_conf() -> dict[str, str]:
+    """The Spark settings spark-submit handed to this driver ({} when Python starts Spark itself)."""
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:  # set by spark-submit for a Python application
+        return {}
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()  # connects to spark-submit's JVM; its conf is loaded from there
+    return dict(SparkConf().getAll())
+
+
+def session_conf(settings: Settings, submitted: dict[str, str] | None = None) -> dict[str, str]:
+    """The Spark settings every ipsynergy session carries.
+
+    Under spark-submit the Delta jars must come with the submission (--jars or --packages): the
+    driver's JVM is already running, and jars added now would not reach its class path."""
     conf = {
         "spark.sql.extensions": DELTA_EXTENSION,
         "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
@@ -69,7 +82,13 @@ def session_conf(settings: Settings) -> dict[str, str]:
         # Arrow moves data between the JVM and pandas (sampling, scoring).
         "spark.sql.execution.arrow.pyspark.enabled": "true",
     }
-    if "spark.jars" not in settings.spark.conf and "spark.jars.packages" not in settings.spark.conf:
+    submitted = submitted or {}
+    given = {**submitted, **settings.spark.conf}
+    if submitted and not any("delta" in given.get(key, "") for key in ("spark.jars", "spark.jars.packages")):
+        raise ConfigError(
+            "spark-submit was given no Delta jars: add --jars with the jars of dist/jars (make package) "
+            f"or --packages {delta_coordinate()}")
+    if "spark.jars" not in given and "spark.jars.packages" not in given:
         jars = cached_delta_jars()
         if jars:
             conf["spark.jars"] = ",".join(jars)
@@ -89,7 +108,8 @@ def build_session(settings: Settings):
     # when it creates the context. On a cluster spark-submit's environment decides.
     if (settings.spark.master or "").startswith("local"):
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    spark = _base_builder(settings.spark.app_name, settings.spark.master, session_conf(settings)).getOrCreate()
+    conf = session_conf(settings, submitted_conf())
+    spark = _base_builder(settings.spark.app_name, settings.spark.master, conf).getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
 

@@ -14,8 +14,8 @@ def experiment(settings: Settings, name: str) -> str:
     mlflow.set_tracking_uri(settings.tracking_uri)
     full = f"{settings.mlflow.experiment_prefix}-{name}"
     found = mlflow.get_experiment_by_name(full)
-    root = settings.artifact_root
-    location = f"{root}/{full}" if "://" in root else Path(root, full).as_uri()
+    root = settings.artifact_root  # None: the tracking server keeps the artifacts
+    location = None if root is None else f"{root}/{full}" if "://" in root else Path(root, full).as_uri()
     exp_id = found.experiment_id if found else mlflow.create_experiment(full, artifact_location=location)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id

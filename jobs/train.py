@@ -26,6 +26,7 @@ import logging
 import sys
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
@@ -185,13 +186,25 @@ def log_model(model: R.Ensemble, frame: pd.DataFrame, name: str) -> str:
     example, and register it as a new version of ``name``. Returns the version."""
     frame = frame.astype("float64")
     example = frame.dropna().head(5) if len(frame.dropna()) >= 5 else frame.head(5)
-    info = mlflow.pytorch.log_model(
-        model, name="model", registered_model_name=name, serialization_format="pickle",
-        code_paths=[str(ML_DIR)],  # the class travels with the model, e.g. to Spark executors
-        signature=infer_signature(example, R.predict(model, example.to_numpy())), input_example=example,
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
-                          f"pandas=={pd.__version__}", f"numpy=={np.__version__}"])
+    with tempfile.TemporaryDirectory() as tmp:
+        info = mlflow.pytorch.log_model(
+            model, name="model", registered_model_name=name, serialization_format="pickle",
+            code_paths=[ml_folder(tmp)],  # the class travels with the model, e.g. to Spark executors
+            signature=infer_signature(example, R.predict(model, example.to_numpy())), input_example=example,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
+                              f"pandas=={pd.__version__}", f"numpy=={np.__version__}"])
     return str(info.registered_model_version)
+
+
+def ml_folder(scratch: str) -> str:
+    """The ml/ package as a folder (MLflow copies code_paths from disk). Run from the packaged
+    zip (spark-submit --py-files), it is extracted into ``scratch`` first."""
+    if ML_DIR.is_dir():
+        return str(ML_DIR)
+    archive = next(p for p in ML_DIR.parents if p.is_file())
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(scratch, [m for m in zf.namelist() if m.startswith("ml/")])
+    return str(Path(scratch, "ml"))
 
 
 def train_one(settings: Settings, spec: T.ModelSpec, log_mask: np.ndarray, net: NetSettings, train: Split, test: Split,
