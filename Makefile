@@ -10,7 +10,8 @@ ARGS ?=
 .DEFAULT_GOAL := help
 MLFLOW_PORT ?= 5000
 ENV_ARCHIVE := dist/ipsynergy-env.tar.gz
-.PHONY: help setup run test test-slow train-sweep mlflow-ui package cluster-up cluster-down clean
+BENCH_SCALE ?= small
+.PHONY: help setup run test test-slow train-sweep mlflow-ui package cluster-up cluster-down bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,6 +54,9 @@ cluster-up: setup ## start a Spark standalone cluster (master + 2 workers) and a
 
 cluster-down: ## stop the cluster and MLflow server of make cluster-up
 	$(PY) -m jobs.deploy cluster-down
+
+bench: setup ## benchmarks vs DuckDB / scikit-learn / in-process torch (BENCH_SCALE=small|1e7|1e8) -> bench/results/
+	$(PY) -m bench.run --scale $(BENCH_SCALE) $(ARGS)
 
 clean: ## remove the lake, caches of test runs and build output (keeps .venv and jars)
 	rm -rf lake spark-warehouse .pytest_cache dist build *.egg-info .cache/cluster
