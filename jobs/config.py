@@ -129,6 +129,8 @@ class PersonaSettings(_Strict):
     min_share: float = Field(0.03, ge=0, lt=1)
     min_stability: float = Field(0.75, ge=-1, le=1)
     bootstrap_fraction: float = Field(0.8, gt=0, le=1)
+    # K-means input is hash-partitioned by user into this many partitions, whatever the cluster.
+    partitions: int = Field(8, ge=1)
 
     @model_validator(mode="after")
     def _range(self) -> "PersonaSettings":

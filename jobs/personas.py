@@ -107,7 +107,9 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
     features_version = lake.version(spark, settings, USER_FEATURES)
     categories = sorted(r[0] for r in features.select(F.explode(F.map_keys("category_share"))).distinct().collect())
     platforms = sorted(settings.platforms)
-    flat = P.flatten(features, categories)
+    # A fixed hash partitioning in user order: K-means|| samples per partition, so this makes the
+    # same data and seed give the same personas on any cluster and shuffle setting.
+    flat = P.flatten(features, categories).repartition(cfg.partitions, "user_id").sortWithinPartitions("user_id")
     prep = P.prep_pipeline(categories).fit(flat)
     data = prep.transform(flat).select("user_id", P.PREP_OUT).persist(StorageLevel.MEMORY_AND_DISK)
     summary.count("users", n_users)
