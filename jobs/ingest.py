@@ -5,6 +5,9 @@ platform, as `jobs.generate` writes it and as real exports are laid out). Files 
 bronze.ingest_manifest (same path, size and modification time) are skipped, so ingesting
 the same files again adds nothing. A folder with no mapping in conf/platforms is ingested
 as text and quarantined by refine as unknown_platform: nothing is dropped silently.
+A Parquet file no reader can open (truncated, empty, not Parquet) becomes one bronze row
+that refine quarantines as unreadable_file, and the job says which file; any other read
+error stops the job with a message naming the file.
 """
 from __future__ import annotations
 
@@ -19,11 +22,17 @@ from pyspark.sql import functions as F
 from jobs import lake
 from jobs.cli import Summary, input_option, input_value, run_job
 from jobs.config import PlatformMapping, Settings
-from transforms.ingest import to_bronze
+from transforms.ingest import parquet_records, to_bronze, unreadable_files
 from transforms.schemas import ACCOUNTS_RAW, EVENTS_RAW, INGEST_MANIFEST, select_contract
 
 log = logging.getLogger(__name__)
 KINDS = {"events": EVENTS_RAW, "accounts": ACCOUNTS_RAW}
+# Spark's error classes for a file that is not readable Parquet at all (no footer).
+_UNREADABLE = ("CANNOT_READ_FILE_FOOTER", "is not a Parquet file", "CORRUPTED_FOOTER")
+
+
+class IngestError(RuntimeError):
+    """A raw file could not be read for a reason other than being corrupt (named in the message)."""
 
 
 def list_files(spark: SparkSession, root: str) -> list[tuple[str, str, str, int, int]]:
@@ -52,11 +61,47 @@ def list_files(spark: SparkSession, root: str) -> list[tuple[str, str, str, int,
 
 
 def _read(spark: SparkSession, files: list[str], fmt: str) -> DataFrame:
+    """The files' records as (``value``, source_file, block_start): text lines, or Parquet
+    rows as JSON (see :func:`_read_parquet`)."""
     meta = [F.col("_metadata.file_path").alias("source_file"), F.col("_metadata.file_block_start").alias("block_start")]
     if fmt == "parquet":
-        df = spark.read.option("mergeSchema", "true").parquet(*files)
-        return df.select("*", *meta)
+        return _read_parquet(spark, files, meta)
     return spark.read.text(files).select("value", *meta)
+
+
+def _read_parquet(spark: SparkSession, files: list[str], meta: list) -> DataFrame:
+    """Parquet files as JSON records. One read with merged schemas when the files agree; when
+    they do not (a column changed type between exports) or one cannot be opened, file by file:
+    a file without a readable footer becomes an ``unreadable`` row, any other error stops the
+    job naming the file."""
+    try:
+        return parquet_records(spark.read.option("mergeSchema", "true").parquet(*files).select("*", *meta))
+    except Exception as err:  # noqa: BLE001 - narrowed file by file below
+        log.warning("ingest: the %d Parquet file(s) cannot be read together (%s); reading them one by one",
+                    len(files), _first_line(err))
+    frames, bad = [], []
+    for path in files:
+        try:
+            frames.append(parquet_records(spark.read.parquet(path).select("*", *meta)))
+        except Exception as err:  # noqa: BLE001
+            if not any(marker in str(err) for marker in _UNREADABLE):
+                raise IngestError(f"cannot read {path}: {_first_line(err)}") from err
+            log.error("ingest: %s is not readable Parquet (%s); it goes to bronze as one record and refine "
+                      "quarantines it as unreadable_file", path, _first_line(err))
+            bad.append(path)
+    if bad:
+        frames.append(unreadable_files(spark, bad))
+    out = frames[0]
+    for f in frames[1:]:
+        out = out.unionByName(f)
+    return out
+
+
+def _first_line(err: BaseException) -> str:
+    """The informative line of a (py4j) Spark error: the one naming the error class, or the first."""
+    lines = [x.strip() for x in str(err).splitlines() if x.strip()]
+    named = [x for x in lines if "[" in x and "]" in x and "Exception" in x] or lines or [type(err).__name__]
+    return named[0][:400]
 
 
 def execute(spark: SparkSession, settings: Settings, summary: Summary, input_root: str | None = None) -> Summary:

@@ -3,12 +3,19 @@
 Files go through Hadoop's FileSystem, so the same code reaches a local disk, HDFS or S3.
 
 Every write here is idempotent: MERGE on the table's keys, or replaceWhere on the slice
-a run owns. Nothing appends blindly.
+a run owns. Nothing appends blindly. That is also what makes a retry safe: a write that
+loses a race with a concurrent writer (Delta's optimistic concurrency raises
+ConcurrentAppendException and friends) is run again, up to ``COMMIT_ATTEMPTS`` times, and
+then fails with :class:`ConcurrentWriteError` naming the table. A rejected or interrupted
+write commits nothing: the table stays at its previous version.
 """
 from __future__ import annotations
 
 import logging
+import time
+from typing import Callable, TypeVar
 
+from delta.exceptions import DeltaConcurrentModificationException
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
@@ -16,6 +23,49 @@ from jobs.config import Settings
 from transforms.schemas import Table
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Tries of one write against concurrent commits, and the pause before the first retry
+# (doubled at each further one).
+COMMIT_ATTEMPTS = 4
+RETRY_PAUSE_S = 0.5
+# Delta's conflict classes, by name too: an error can reach Python unconverted (raw py4j).
+_CONFLICTS = ("ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
+              "ConcurrentTransactionException", "ConcurrentWriteException", "MetadataChangedException",
+              "ProtocolChangedException", "DELTA_CONCURRENT_")
+
+
+class ConcurrentWriteError(RuntimeError):
+    """A write kept losing to concurrent commits on the same table; nothing of it was committed."""
+
+
+def is_conflict(err: BaseException) -> bool:
+    """Whether ``err`` is Delta refusing a commit because another writer committed first."""
+    if isinstance(err, DeltaConcurrentModificationException):
+        return True
+    text = f"{type(err).__name__}: {err}"[:2000]
+    return any(name in text for name in _CONFLICTS)
+
+
+def with_retry(table: "Table", action: str, write: Callable[[], T]) -> T:
+    """Run ``write`` (an idempotent Delta write) and run it again when a concurrent commit
+    wins the race; after ``COMMIT_ATTEMPTS`` lost races raise :class:`ConcurrentWriteError`."""
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        try:
+            return write()
+        except Exception as err:  # noqa: BLE001 - only conflicts are retried, the rest re-raised
+            if not is_conflict(err):
+                raise
+            first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+            if attempt == COMMIT_ATTEMPTS:
+                raise ConcurrentWriteError(
+                    f"{table.qualified}: {action} lost to a concurrent writer {attempt} times in a row "
+                    f"(last: {first}); nothing of this write was committed, the table is unchanged. "
+                    f"Run the job again once the other writer has finished.") from err
+            log.warning("%s: %s conflicted with a concurrent commit (%s); retrying (attempt %d of %d)",
+                        table.qualified, action, first, attempt + 1, COMMIT_ATTEMPTS)
+            time.sleep(RETRY_PAUSE_S * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
 
 
 def hadoop_path(spark: SparkSession, path: str):
@@ -65,6 +115,10 @@ def register(spark: SparkSession, settings: Settings, table: Table) -> None:
 
 def ensure(spark: SparkSession, settings: Settings, table: Table) -> DeltaTable:
     """Create the table (schema, partitioning, CHECK constraints) if it is not there yet."""
+    return with_retry(table, "create", lambda: _ensure(spark, settings, table))
+
+
+def _ensure(spark: SparkSession, settings: Settings, table: Table) -> DeltaTable:
     path = path_of(settings, table)
     builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(table.schema)
     if table.partition_by:
@@ -109,28 +163,36 @@ def version(spark: SparkSession, settings: Settings, table: Table) -> int:
     return DeltaTable.forPath(spark, path_of(settings, table)).history(1).first()["version"]
 
 
-def _last_metrics(delta: DeltaTable) -> tuple[int, dict]:
-    row = delta.history(1).first()
-    return row["version"], dict(row["operationMetrics"] or {})
+def _merge_metrics(result: DataFrame | None) -> dict:
+    """The row of metrics Delta's MERGE returns (num_inserted_rows, ...); {} if none."""
+    row = result.first() if result is not None else None
+    return row.asDict() if row is not None else {}
 
 
 def merge_insert(spark: SparkSession, settings: Settings, table: Table, df: DataFrame) -> tuple[int, int]:
-    """Insert the rows whose keys are not in the table yet. Returns (version, rows inserted)."""
-    delta = ensure(spark, settings, table)
-    before, _ = _last_metrics(delta)
+    """Insert the rows whose keys are not in the table yet. Returns (version, rows inserted).
+
+    The version is the table's latest after the write (a MERGE that inserts nothing commits
+    nothing); the count is this MERGE's own, from the metrics it returns, so a concurrent
+    commit cannot be mistaken for it."""
+    ensure(spark, settings, table)
     cond = " AND ".join(f"t.{k} = s.{k}" for k in table.keys)
-    delta.alias("t").merge(df.alias("s"), cond).whenNotMatchedInsertAll().execute()
-    after, metrics = _last_metrics(delta)
-    # A MERGE that inserts nothing commits nothing: the last commit is then an older one.
-    return after, int(metrics.get("numTargetRowsInserted", 0)) if after != before else 0
+
+    def write() -> dict:
+        delta = DeltaTable.forPath(spark, path_of(settings, table))  # the latest snapshot on every try
+        return _merge_metrics(delta.alias("t").merge(df.alias("s"), cond).whenNotMatchedInsertAll().execute())
+
+    metrics = with_retry(table, "MERGE (insert new keys)", write)
+    return version(spark, settings, table), int(metrics.get("num_inserted_rows") or 0)
 
 
 def upsert(spark: SparkSession, settings: Settings, table: Table, df: DataFrame) -> int:
     """Insert new keys and update existing ones."""
-    delta = ensure(spark, settings, table)
+    ensure(spark, settings, table)
     cond = " AND ".join(f"t.{k} = s.{k}" for k in table.keys)
-    delta.alias("t").merge(df.alias("s"), cond).whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
-    return _last_metrics(delta)[0]
+    with_retry(table, "MERGE (upsert)", lambda: DeltaTable.forPath(spark, path_of(settings, table)).alias("t")
+               .merge(df.alias("s"), cond).whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+    return version(spark, settings, table)
 
 
 def update_from(spark: SparkSession, settings: Settings, table: Table, df: DataFrame,
@@ -139,15 +201,15 @@ def update_from(spark: SparkSession, settings: Settings, table: Table, df: DataF
     already agree are left alone, so the update is idempotent)."""
     cond = " AND ".join(f"t.{k} = s.{k}" for k in on)
     differs = " OR ".join(f"NOT (t.{c} <=> s.{c})" for c in columns)
-    delta = DeltaTable.forPath(spark, path_of(settings, table))
-    (delta.alias("t").merge(df.alias("s"), cond)
-          .whenMatchedUpdate(condition=differs, set={c: f"s.{c}" for c in columns}).execute())
-    return _last_metrics(delta)[0]
+    with_retry(table, "MERGE (update)", lambda: DeltaTable.forPath(spark, path_of(settings, table)).alias("t")
+               .merge(df.alias("s"), cond)
+               .whenMatchedUpdate(condition=differs, set={c: f"s.{c}" for c in columns}).execute())
+    return version(spark, settings, table)
 
 
 def delete_where(spark: SparkSession, settings: Settings, table: Table, condition: str) -> int:
     """Delete the rows matching ``condition`` (e.g. to withdraw a bad delivery before a replay)."""
-    DeltaTable.forPath(spark, path_of(settings, table)).delete(condition)
+    with_retry(table, "DELETE", lambda: DeltaTable.forPath(spark, path_of(settings, table)).delete(condition))
     return version(spark, settings, table)
 
 
@@ -156,12 +218,13 @@ def replace_where(spark: SparkSession, settings: Settings, table: Table, df: Dat
 
     Delta rejects the commit if ``df`` holds a row outside the slice."""
     ensure(spark, settings, table)
-    df.write.format("delta").mode("overwrite").option("replaceWhere", condition).save(path_of(settings, table))
+    with_retry(table, f"replaceWhere {condition}", lambda: df.write.format("delta").mode("overwrite")
+               .option("replaceWhere", condition).save(path_of(settings, table)))
     return version(spark, settings, table)
 
 
 def overwrite(spark: SparkSession, settings: Settings, table: Table, df: DataFrame) -> int:
     """Replace the whole table in one commit (for small derived tables such as ground truth)."""
     ensure(spark, settings, table)
-    df.write.format("delta").mode("overwrite").save(path_of(settings, table))
+    with_retry(table, "overwrite", lambda: df.write.format("delta").mode("overwrite").save(path_of(settings, table)))
     return version(spark, settings, table)

@@ -99,7 +99,9 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
     done = (lake.read(spark, settings, REFINE_LOG).select("ingest_batch_id")
             if lake.exists(spark, settings, REFINE_LOG) else None)
     pending = bronze.join(done, "ingest_batch_id", "left_anti") if done is not None else bronze
-    batches = sorted(r.ingest_batch_id for r in pending.select("ingest_batch_id").distinct().collect())
+    # Oldest delivery first, so "the earliest record received wins" holds across batches too.
+    batches = [r.ingest_batch_id for r in pending.groupBy("ingest_batch_id").agg(F.min("ingested_at").alias("at"))
+               .orderBy("at", "ingest_batch_id").collect()]
     if not batches:
         summary.note("no new ingest batches to refine")
         return summary
@@ -119,8 +121,12 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
             raise ReconciliationError(f"batch {batch_id}: {read} bronze records but parsing accounted for "
                                       f"{n_valid} valid + {n_bad} rejected; a platform's records went missing")
         silver_rows = refine.to_silver(refine.with_user_ids(refine.first_per_key(valid_rows), identity_map))
-        ev_version, inserted = lake.merge_insert(spark, settings, EVENTS, silver_rows)
+        ev_version, _ = lake.merge_insert(spark, settings, EVENTS, silver_rows)
         q_version, _ = lake.merge_insert(spark, settings, QUARANTINE, quarantine)
+        # New rows are the silver rows this batch put there, counted in silver rather than taken
+        # from this run's MERGE: after a crash between the writes above and the log below, the
+        # rerun inserts nothing, yet the batch's log row must read as it would have the first time.
+        inserted = lake.read(spark, settings, EVENTS).where(F.col("ingest_batch_id") == batch_id).count()
         duplicates = n_valid - inserted
         log_row = spark.createDataFrame([(batch_id, settings.as_of, read, inserted, n_bad, duplicates)], REFINE_LOG.schema)
         summary.table(REFINE_LOG.qualified, lake.merge_insert(spark, settings, REFINE_LOG, log_row)[0])

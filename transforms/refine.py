@@ -14,6 +14,7 @@ from pyspark.sql.types import StringType, StructField, StructType
 
 from jobs.config import Const, PlatformMapping, RefineSettings, SourceSpec
 from transforms.identity import user_id_for
+from transforms.ingest import UNREADABLE
 from transforms.schemas import AMOUNT, AMOUNT_ORIG, EVENTS, select_contract
 
 TRUE_TEXT = ("1", "true", "t", "y", "yes")
@@ -68,6 +69,21 @@ def extract_fields(df: DataFrame, mapping: PlatformMapping, part: SourceSpec) ->
     for name in {*part.fields}:
         out = out.withColumn(f"f_{name}", F.when(~F.col("malformed"), get[name]))
     return out.drop("_p")
+
+
+def bad_encoding(raw: Column) -> Column:
+    """The record is not UTF-8 text: invalid byte sequences (Latin-1, a UTF-16 byte-order mark)
+    or NUL characters (UTF-16 text read as UTF-8)."""
+    return raw.isNotNull() & (~F.is_valid_utf8(raw) | raw.rlike("\\x00"))
+
+
+def input_reasons(reasons: Column) -> Column:
+    """``reasons``, unless the record could not be read as text at all: then its only reason is
+    ``unreadable_file`` (a file no reader could open, see transforms.ingest) or
+    ``bad_encoding`` (the field checks would only describe the garbled decoding)."""
+    return (F.when(F.col("raw_format") == F.lit(UNREADABLE), F.array(F.lit("unreadable_file")))
+             .when(bad_encoding(F.col("raw")), F.array(F.lit("bad_encoding")))
+             .otherwise(reasons))
 
 
 def _timestamp(text: Column, fmt: str, zone: str) -> Column:
@@ -131,7 +147,7 @@ def parse_events(df: DataFrame, mapping: PlatformMapping, cfg: RefineSettings, a
     amount = F.coalesce((signed * c("u_rate")).cast(AMOUNT), F.lit(0).cast(AMOUNT))
     return out.select(
         "platform", "source_file", "source_position", "raw", "ingest_batch_id",
-        F.coalesce(reasons, F.array().cast("array<string>")).alias("reasons"),
+        input_reasons(F.coalesce(reasons, F.array().cast("array<string>"))).alias("reasons"),
         F.concat_ws(":", F.lit(mapping.name), f["source_event_id"]).alias("event_key"),
         f["source_event_id"].alias("source_event_id"), f["account_id"].alias("account_id"),
         f["content_id"].alias("content_id"), f["creator_id"].alias("creator_id"), f["category"].alias("category"),
@@ -176,4 +192,4 @@ def parse_accounts(df: DataFrame, mapping: PlatformMapping) -> DataFrame:
         F.when(~F.col("malformed") & f["account_id"].isNull(), F.lit("missing_field")),
     ))
     return out.select("platform", "source_file", "source_position", "raw", "ingest_batch_id",
-                      reasons.alias("reasons"), *[v.alias(k) for k, v in f.items()])
+                      input_reasons(reasons).alias("reasons"), *[v.alias(k) for k, v in f.items()])

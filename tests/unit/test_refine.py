@@ -120,3 +120,30 @@ def test_first_per_key_keeps_the_earliest_record(spark, zhixue):
     expected = spark.createDataFrame([("zhixue:e1", 1, 10.0), ("zhixue:e2", 3, 10.0)],
                                      "event_key string, source_position long, duration_s double")
     assert_df_equality(kept, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+@pytest.mark.parametrize("raw_hex, fmt", [
+    ("7B22656964223A22E9227D", "json"),            # {"eid":"é"} in Latin-1: not UTF-8
+    ("FFFE7B00220065006900", "json"),              # UTF-16LE with its byte-order mark
+    ("007B00220061", "json"),                      # UTF-16 text: NUL bytes
+])
+def test_input_that_is_not_utf8_text_is_bad_encoding_only(spark, zhixue, raw_hex, fmt):
+    # GIVEN a record whose bytes are not UTF-8 text (built from bytes: Python strings cannot hold them)
+    from pyspark.sql import functions as F
+    df = bronze(spark, "zhixue", fmt, ["x"]).withColumn("raw", F.expr(f"CAST(unhex('{raw_hex}') AS STRING)"))
+    # THEN its one reason is bad_encoding, not the parse failures it would also cause
+    assert reasons_of(refine.parse_events(df, zhixue, CFG, AS_OF)) == [["bad_encoding"]]
+
+
+def test_a_valid_record_with_non_ascii_text_is_not_bad_encoding(spark, zhixue):
+    out = refine.parse_events(bronze(spark, "zhixue", "json", [zx(item={"id": "c1", "author": "k1", "cat": "健康 é"})]),
+                              zhixue, CFG, AS_OF)
+    assert reasons_of(out) == [[]] and out.first().category == "健康 é"
+
+
+def test_an_unreadable_file_row_is_quarantined_as_unreadable_file(spark, zhixue):
+    from transforms.ingest import UNREADABLE
+    rows = [("zhixue", "file:/raw/zhixue/events/cut.parquet", 0, UNREADABLE, None, "b1", dt.datetime(2026, 7, 1))]
+    df = spark.createDataFrame(rows, EVENTS_RAW.schema)
+    assert reasons_of(refine.parse_events(df, zhixue, CFG, AS_OF)) == [["unreadable_file"]]
+    assert reasons_of(refine.parse_accounts(df, zhixue)) == [["unreadable_file"]]
