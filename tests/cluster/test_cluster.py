@@ -1,0 +1,229 @@
+"""spark-submit to a real Spark standalone cluster on 127.0.0.1 (a master and two workers started
+by jobs.deploy with the installed pyspark's spark-class, and an `mlflow server`), using only the
+artefacts of `make package`: the code zip, the packed environment (which also runs the driver),
+the Delta jars and submit.py. The pipeline's tables equal those of a local-mode run on the same
+generated input, and a worker killed while a stage runs leaves the result unchanged.
+
+Run by `make test-slow` (which builds the package first)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from jobs import deploy, lake
+from jobs.config import PROJECT_ROOT
+from jobs.pipeline import TABLES
+from tests.conftest import make_settings
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(3600)]
+
+# make run's defaults (3,000 people over 181 days): enough for the revenue gate to promote both
+# models, so the pipeline goes through scoring. Generated once; both runs read it with --input.
+PIPELINE: list[str] = []
+# Columns that differ between two runs by design: wall-clock times, batch and run ids.
+RUN_SPECIFIC = {"ingested_at", "ingest_batch_id", "modified_ms", "run_id", "mlflow_run_id"}
+LOCAL_SHUFFLE, CLUSTER_SHUFFLE = 4, 8  # different partitionings on purpose
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sets(values: list[str]) -> list[str]:
+    return [a for v in values for a in ("--set", v)]
+
+
+@pytest.fixture(scope="module")
+def dist() -> Path:
+    dist = PROJECT_ROOT / "dist"
+    needed = [dist / "ipsynergy.zip", dist / "submit.py", dist / deploy.ENV_ARCHIVE]
+    missing = [p.name for p in needed if not p.exists()] + ([] if list((dist / "jars").glob("*.jar")) else ["jars/"])
+    if missing:
+        pytest.fail(f"missing in dist/: {missing}; run 'make package' (make test-slow does)")
+    return dist
+
+
+@pytest.fixture(scope="module")
+def driver_python(dist, tmp_path_factory) -> str:
+    """The packed environment, unpacked, runs the driver: nothing of the checkout is used."""
+    target = tmp_path_factory.mktemp("driver-env")
+    subprocess.run(["tar", "xzf", str(dist / deploy.ENV_ARCHIVE), "-C", str(target)], check=True)
+    return str(target / "bin" / "python")
+
+
+def test_the_packed_environment_carries_no_project_code(driver_python):
+    """So the cluster run below can only have used the code in ipsynergy.zip."""
+    probe = subprocess.run([driver_python, "-c", "import torch, mlflow, pandas, pyarrow; import jobs"],
+                           capture_output=True, text=True, cwd="/")
+    assert probe.returncode == 1 and "No module named 'jobs'" in probe.stderr, probe.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    up = deploy.cluster_up(tmp_path_factory.mktemp("cluster"), workers=2, cores=1, memory="5g",
+                           master_port=free_port(), ui_port=free_port(), mlflow_port=free_port())
+    yield up
+    deploy.cluster_down(Path(up.state_dir))
+
+
+def submit(cluster, dist, driver_python, job: list[str], workdir: Path, conf: dict[str, str] | None = None):
+    """Start one spark-submit from an empty working directory; returns the process."""
+    argv = deploy.submit_argv(cluster.master, job, dist, driver_python,
+                              {"spark.driver.host": "127.0.0.1", "spark.executor.memory": "2g", **(conf or {})})
+    env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "PYTHONPATH")}
+    env["SPARK_LOCAL_IP"] = "127.0.0.1"
+    workdir.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(argv, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc, timeout: int = 2400) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"spark-submit exited {proc.returncode}:\n{out[-6000:]}"
+    return out
+
+
+def table_frame(spark, settings, table) -> pd.DataFrame:
+    """A table as pandas, comparable across runs: run-specific columns dropped, the lake root
+    replaced by a placeholder, maps and arrays as sorted text, rows in a canonical order."""
+    df = lake.read(spark, settings, table)
+    df = df.drop(*[c for c in df.columns if c in RUN_SPECIFIC])
+    for f in df.schema.fields:
+        if isinstance(f.dataType, T.MapType):
+            df = df.withColumn(f.name, F.to_json(F.array_sort(F.map_entries(f.name))))
+        elif isinstance(f.dataType, (T.ArrayType, T.StructType)):
+            df = df.withColumn(f.name, F.to_json(f.name))
+        elif isinstance(f.dataType, T.StringType):
+            df = df.withColumn(f.name, F.replace(f.name, F.lit(settings.lake_root), F.lit("<lake>")))
+    frame = df.toPandas()
+    keys = [c for c in frame.columns if frame[c].dtype.kind not in "fc"]
+    return frame.sort_values(keys, kind="mergesort", na_position="first").reset_index(drop=True)
+
+
+def assert_same_tables(spark, ours, reference, tables) -> dict[str, int]:
+    counts = {}
+    for table in tables:
+        a, b = table_frame(spark, ours, table), table_frame(spark, reference, table)
+        assert list(a.columns) == list(b.columns), table.qualified
+        assert len(a) == len(b), f"{table.qualified}: {len(a)} rows vs {len(b)} in the local run"
+        for col in a.columns:
+            if a[col].dtype.kind in "fc":
+                np.testing.assert_allclose(a[col].to_numpy(float), b[col].to_numpy(float), rtol=1e-6, atol=1e-9,
+                                           equal_nan=True, err_msg=f"{table.qualified}.{col}")
+            else:
+                assert a[col].astype(str).tolist() == b[col].astype(str).tolist(), f"{table.qualified}.{col}"
+        counts[table.qualified] = len(a)
+    return counts
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("input") / "lake"
+    run_local(["jobs.generate", *sets([f"lake.root={root}", *PIPELINE])])
+    return root / "raw"
+
+
+def run_local(argv: list[str]) -> str:
+    done = subprocess.run([sys.executable, "-m", *argv], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=2400)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def local_run(raw, tmp_path_factory):
+    """The reference: the same pipeline in local mode, from the checkout (python -m jobs.pipeline)."""
+    root = tmp_path_factory.mktemp("local") / "lake"
+    run_local(["jobs.pipeline", "--input", str(raw),
+               *sets([f"lake.root={root}", f"spark.shuffle_partitions={LOCAL_SHUFFLE}", *PIPELINE])])
+    return make_settings(root, *PIPELINE)
+
+
+@pytest.fixture(scope="module")
+def cluster_run(cluster, dist, driver_python, raw, tmp_path_factory):
+    work = tmp_path_factory.mktemp("submit")
+    root = work / "lake"
+    proc = submit(cluster, dist, driver_python,
+                  ["pipeline", "--env", "cluster", "--input", str(raw),
+                   *sets([f"lake.root={root}", f"mlflow.tracking_uri={cluster.tracking_uri}",
+                          f"spark.shuffle_partitions={CLUSTER_SHUFFLE}", *PIPELINE])], work)
+    return make_settings(root, *PIPELINE, f"mlflow.tracking_uri={cluster.tracking_uri}"), finish(proc)
+
+
+def test_the_pipeline_on_the_cluster_equals_the_local_run(spark, local_run, cluster_run):
+    settings, out = cluster_run
+    assert "== jobs.pipeline summary ==" in out
+    written = [t for t in TABLES if lake.exists(spark, local_run, t)]
+    assert [t for t in TABLES if lake.exists(spark, settings, t)] == written
+    counts = assert_same_tables(spark, settings, local_run, written)
+    assert counts["silver.events"] > 100_000
+    assert counts["gold.user_revenue_scores"] > 0 and counts["gold.synergy_scores"] > 0
+
+
+def test_the_models_went_to_the_tracking_server(cluster_run, cluster):
+    import mlflow
+
+    settings, _ = cluster_run
+    client = mlflow.MlflowClient(cluster.tracking_uri)
+    for model in ("user_revenue", "creator_platform_revenue"):
+        version = client.get_model_version_by_alias(f"{settings.mlflow.experiment_prefix}-{model}", "champion")
+        assert version.source.startswith(("mlflow-artifacts:", "models:")), version.source
+        assert client.download_artifacts(version.run_id, "", dst_path=None)
+
+
+def _json(url: str):
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.load(resp)
+
+
+def test_a_worker_killed_mid_stage_changes_nothing(spark, cluster, dist, driver_python, local_run, tmp_path):
+    """aggregate on the cluster, from a copy of the local run's silver: worker-2 (and its executor)
+    is SIGKILLed while a stage has tasks running on both executors; the job finishes on the
+    other worker and its gold tables equal the local run's."""
+    root = tmp_path / "lake"
+    shutil.copytree(local_run.lake_root, root, ignore=shutil.ignore_patterns("gold", "mlflow.db", "mlartifacts",
+                                                                             "reports"))
+    ui = free_port()
+    proc = submit(cluster, dist, driver_python,
+                  ["aggregate", "--env", "cluster", *sets([f"lake.root={root}", "spark.ui=true",
+                                                           f"spark.shuffle_partitions={CLUSTER_SHUFFLE}", *PIPELINE])],
+                  tmp_path / "work", {"spark.ui.port": str(ui)})
+    api = f"http://127.0.0.1:{ui}/api/v1/applications"
+    killed_at = None
+    deadline = time.monotonic() + 900
+    while killed_at is None and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            app = _json(api)[0]["id"]
+            executors = [e for e in _json(f"{api}/{app}/executors") if e["id"] != "driver" and e["isActive"]]
+            running = sum(s["numActiveTasks"] for s in _json(f"{api}/{app}/stages?status=active"))
+        except (OSError, IndexError, KeyError, ValueError):
+            continue
+        if len(executors) == 2 and running >= 2:  # one core each: both executors are busy
+            cluster.kill("worker-2")
+            killed_at = time.monotonic()
+    assert killed_at is not None, "no stage ran on both executors before the job ended"
+    time.sleep(2)
+    out = finish(proc)
+    assert cluster.alive_workers() == 1
+    assert "Lost executor" in out, out[-4000:]
+    settings = make_settings(root, *PIPELINE)
+    gold = [t for t in TABLES if t.layer == "gold" and lake.exists(spark, local_run, t)
+            and t.name in {"user_platform_daily", "creator_platform_daily", "platform_daily", "user_features",
+                           "creator_quality", "creator_platform_period", "platform_period"}]
+    assert len(gold) == 7
+    assert_same_tables(spark, settings, local_run, gold)
