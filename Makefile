@@ -59,4 +59,4 @@ bench: setup ## benchmarks vs DuckDB / scikit-learn / in-process torch (BENCH_SC
 	$(PY) -m bench.run --scale $(BENCH_SCALE) $(ARGS)
 
 clean: ## remove the lake, caches of test runs and build output (keeps .venv and jars)
-	rm -rf lake spark-warehouse .pytest_cache dist build *.egg-info .cache/cluster
+	rm -rf lake lake-cluster spark-warehouse .pytest_cache dist build *.egg-info .cache/cluster

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -147,9 +148,9 @@ class Cluster:
 
 
 def _start(name: str, argv: list[str], state: Path, env: dict[str, str]) -> int:
-    log = (state / "logs" / f"{name}.log").open("ab")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=env, cwd=state, start_new_session=True)  # own process group: killable whole
+    with (state / "logs" / f"{name}.log").open("ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=state, start_new_session=True)  # own process group: killable whole
     return proc.pid
 
 
@@ -176,10 +177,13 @@ def cluster_up(state_dir: Path = STATE, workers: int = 2, cores: int = 1, memory
     if running and running.alive_workers():
         print(f"a cluster is already up at {running.master} (make cluster-down stops it)")
         return running
+    if running:  # a half-dead earlier start: stop what is left of it first
+        cluster_down(state_dir)
     state = Path(state_dir)
     (state / "logs").mkdir(parents=True, exist_ok=True)
+    # Scratch space (shuffle files, fetched archives) stays under the state folder, not /tmp.
     env = {**os.environ, "SPARK_HOME": str(spark_home()), "SPARK_LOCAL_IP": "127.0.0.1",
-           "SPARK_LOG_DIR": str(state / "logs")}
+           "SPARK_LOG_DIR": str(state / "logs"), "SPARK_LOCAL_DIRS": str(state.resolve() / "local")}
     spark_class = str(spark_home() / "bin" / "spark-class")
     cluster = Cluster(str(state), master_port, ui_port, mlflow_port, {})
     cluster.pids["master"] = _start("master", [spark_class, "org.apache.spark.deploy.master.Master", "--host",
@@ -231,6 +235,10 @@ def cluster_down(state_dir: Path = STATE) -> None:
 
 def _alive(pid: int) -> bool:
     try:
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our own child (started in this process)
+    except ChildProcessError:
+        pass
+    try:
         os.killpg(pid, 0)
         return True
     except ProcessLookupError:
@@ -268,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cluster = Cluster.load(STATE)
         master = cluster.master if cluster else "spark://127.0.0.1:7077"
-        print(" ".join(submit_argv(master, args.job)))
+        print(shlex.join(submit_argv(master, args.job, driver_python=sys.executable,
+                                     conf={"spark.driver.host": "127.0.0.1"})))
     return 0
 
 

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from jobs.config import PROJECT_ROOT, ConfigError, Settings
+from jobs.config import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +85,9 @@ def session_conf(settings: Settings, submitted: dict[str, str] | None = None) ->
     submitted = submitted or {}
     given = {**submitted, **settings.spark.conf}
     if submitted and not any("delta" in given.get(key, "") for key in ("spark.jars", "spark.jars.packages")):
-        raise ConfigError(
-            "spark-submit was given no Delta jars: add --jars with the jars of dist/jars (make package) "
-            f"or --packages {delta_coordinate()}")
-    if "spark.jars" not in given and "spark.jars.packages" not in given:
+        log.warning("spark-submit was given no Delta jars; unless the cluster's Spark has Delta on its class path, "
+                    "add --jars with the jars of dist/jars (make package) or --packages %s", delta_coordinate())
+    if not submitted and "spark.jars" not in given and "spark.jars.packages" not in given:
         jars = cached_delta_jars()
         if jars:
             conf["spark.jars"] = ",".join(jars)
@@ -98,7 +97,8 @@ def session_conf(settings: Settings, submitted: dict[str, str] | None = None) ->
             conf["spark.jars.packages"] = delta_coordinate()
             conf["spark.jars.ivy"] = str(IVY_DIR)
     conf.update(settings.spark.conf)
-    return conf
+    # What spark-submit was told (--executor-memory, --conf ...) wins over our configuration.
+    return {k: v for k, v in conf.items() if k not in submitted}
 
 
 def build_session(settings: Settings):

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +65,8 @@ def driver_python(dist, tmp_path_factory) -> str:
     """The packed environment, unpacked, runs the driver: nothing of the checkout is used."""
     target = tmp_path_factory.mktemp("driver-env")
     subprocess.run(["tar", "xzf", str(dist / deploy.ENV_ARCHIVE), "-C", str(target)], check=True)
-    return str(target / "bin" / "python")
+    yield str(target / "bin" / "python")
+    shutil.rmtree(target, ignore_errors=True)  # 5 GB
 
 
 def test_the_packed_environment_carries_no_project_code(driver_python):
@@ -79,20 +82,35 @@ def cluster(tmp_path_factory):
                            master_port=free_port(), ui_port=free_port(), mlflow_port=free_port())
     yield up
     deploy.cluster_down(Path(up.state_dir))
+    shutil.rmtree(up.state_dir, ignore_errors=True)  # executors' unpacked environments: GBs
 
 
+@contextmanager
 def submit(cluster, dist, driver_python, job: list[str], workdir: Path, conf: dict[str, str] | None = None):
-    """Start one spark-submit from an empty working directory; returns the process."""
+    """Run one spark-submit from an empty working directory, its output in workdir/submit.log;
+    whatever happens, the submission and its driver are gone (and their scratch space) after."""
     argv = deploy.submit_argv(cluster.master, job, dist, driver_python,
                               {"spark.driver.host": "127.0.0.1", "spark.executor.memory": "2g", **(conf or {})})
     env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "PYTHONPATH")}
-    env["SPARK_LOCAL_IP"] = "127.0.0.1"
     workdir.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(argv, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env.update(SPARK_LOCAL_IP="127.0.0.1", SPARK_LOCAL_DIRS=str(workdir / "spark-local"))
+    with (workdir / "submit.log").open("w") as log:
+        proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        yield proc
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        shutil.rmtree(workdir / "spark-local", ignore_errors=True)
 
 
-def finish(proc, timeout: int = 2400) -> str:
-    out, _ = proc.communicate(timeout=timeout)
+def finish(proc, workdir: Path, timeout: int = 2400) -> str:
+    proc.wait(timeout=timeout)
+    out = (workdir / "submit.log").read_text()
     assert proc.returncode == 0, f"spark-submit exited {proc.returncode}:\n{out[-6000:]}"
     return out
 
@@ -157,11 +175,12 @@ def local_run(raw, tmp_path_factory):
 def cluster_run(cluster, dist, driver_python, raw, tmp_path_factory):
     work = tmp_path_factory.mktemp("submit")
     root = work / "lake"
-    proc = submit(cluster, dist, driver_python,
-                  ["pipeline", "--env", "cluster", "--input", str(raw),
-                   *sets([f"lake.root={root}", f"mlflow.tracking_uri={cluster.tracking_uri}",
-                          f"spark.shuffle_partitions={CLUSTER_SHUFFLE}", *PIPELINE])], work)
-    return make_settings(root, *PIPELINE, f"mlflow.tracking_uri={cluster.tracking_uri}"), finish(proc)
+    with submit(cluster, dist, driver_python,
+                ["pipeline", "--env", "cluster", "--input", str(raw),
+                 *sets([f"lake.root={root}", f"mlflow.tracking_uri={cluster.tracking_uri}",
+                        f"spark.shuffle_partitions={CLUSTER_SHUFFLE}", *PIPELINE])], work) as proc:
+        out = finish(proc, work)
+    return make_settings(root, *PIPELINE, f"mlflow.tracking_uri={cluster.tracking_uri}"), out
 
 
 def test_the_pipeline_on_the_cluster_equals_the_local_run(spark, local_run, cluster_run):
@@ -174,15 +193,19 @@ def test_the_pipeline_on_the_cluster_equals_the_local_run(spark, local_run, clus
     assert counts["gold.user_revenue_scores"] > 0 and counts["gold.synergy_scores"] > 0
 
 
-def test_the_models_went_to_the_tracking_server(cluster_run, cluster):
+def test_the_champions_load_from_the_tracking_server(cluster_run, cluster):
     import mlflow
 
     settings, _ = cluster_run
-    client = mlflow.MlflowClient(cluster.tracking_uri)
-    for model in ("user_revenue", "creator_platform_revenue"):
-        version = client.get_model_version_by_alias(f"{settings.mlflow.experiment_prefix}-{model}", "champion")
-        assert version.source.startswith(("mlflow-artifacts:", "models:")), version.source
-        assert client.download_artifacts(version.run_id, "", dst_path=None)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(cluster.tracking_uri)
+    try:
+        for model in ("user_revenue", "creator_platform_revenue"):
+            loaded = mlflow.pyfunc.load_model(f"models:/{settings.mlflow.experiment_prefix}-{model}@champion")
+            assert loaded.metadata.get_input_schema() is not None
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert not Path(settings.lake_root, "mlartifacts").exists()  # the server keeps them, not the lake
 
 
 def _json(url: str):
@@ -197,28 +220,27 @@ def test_a_worker_killed_mid_stage_changes_nothing(spark, cluster, dist, driver_
     root = tmp_path / "lake"
     shutil.copytree(local_run.lake_root, root, ignore=shutil.ignore_patterns("gold", "mlflow.db", "mlartifacts",
                                                                              "reports"))
-    ui = free_port()
-    proc = submit(cluster, dist, driver_python,
-                  ["aggregate", "--env", "cluster", *sets([f"lake.root={root}", "spark.ui=true",
-                                                           f"spark.shuffle_partitions={CLUSTER_SHUFFLE}", *PIPELINE])],
-                  tmp_path / "work", {"spark.ui.port": str(ui)})
-    api = f"http://127.0.0.1:{ui}/api/v1/applications"
-    killed_at = None
-    deadline = time.monotonic() + 900
-    while killed_at is None and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-        try:
-            app = _json(api)[0]["id"]
-            executors = [e for e in _json(f"{api}/{app}/executors") if e["id"] != "driver" and e["isActive"]]
-            running = sum(s["numActiveTasks"] for s in _json(f"{api}/{app}/stages?status=active"))
-        except (OSError, IndexError, KeyError, ValueError):
-            continue
-        if len(executors) == 2 and running >= 2:  # one core each: both executors are busy
-            cluster.kill("worker-2")
-            killed_at = time.monotonic()
-    assert killed_at is not None, "no stage ran on both executors before the job ended"
-    time.sleep(2)
-    out = finish(proc)
+    ui, work = free_port(), tmp_path / "work"
+    with submit(cluster, dist, driver_python,
+                ["aggregate", "--env", "cluster", *sets([f"lake.root={root}", "spark.ui=true",
+                                                         f"spark.shuffle_partitions={CLUSTER_SHUFFLE}", *PIPELINE])],
+                work, {"spark.ui.port": str(ui), "spark.port.maxRetries": "0"}) as proc:
+        api = f"http://127.0.0.1:{ui}/api/v1/applications"
+        killed = False
+        deadline = time.monotonic() + 900
+        while not killed and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                app = _json(api)[0]["id"]
+                executors = [e for e in _json(f"{api}/{app}/executors") if e["id"] != "driver" and e["isActive"]]
+                running = sum(s["numActiveTasks"] for s in _json(f"{api}/{app}/stages?status=active"))
+            except (OSError, IndexError, KeyError, ValueError):
+                continue
+            if len(executors) == 2 and running >= 2:  # one core each: both executors are busy
+                cluster.kill("worker-2")
+                killed = True
+        assert killed, "no stage ran on both executors before the job ended"
+        out = finish(proc, work)
     assert cluster.alive_workers() == 1
     assert "Lost executor" in out, out[-4000:]
     settings = make_settings(root, *PIPELINE)
