@@ -241,8 +241,8 @@ def _persona_data(spark, settings):
     from transforms.schemas import PERSONA_PROFILES, USER_FEATURES
 
     features = lake.read(spark, settings, USER_FEATURES).where(F.col("as_of_date") == F.lit(settings.as_of))
-    categories = sorted(r[0] for r in features.select(F.explode(F.map_keys("category_share"))).distinct().collect())
-    flat = P.flatten(features, categories)
+    categories = P.categories_of(features)  # the job's own input preparation
+    flat = P.model_input(features, categories, settings.personas.partitions)
     data = P.prep_pipeline(categories).fit(flat).transform(flat).select("user_id", P.PREP_OUT)
     data = data.persist(StorageLevel.MEMORY_AND_DISK)
     data.count()
@@ -364,19 +364,18 @@ def profile_summary(log_dir: Path) -> dict[str, dict]:
                    key=lambda p: int(p.name.split("_")[1])) if apps[-1].is_dir() else [apps[-1]]
     stage_group, groups, tasks = {}, {}, {}
     for line in (line for part in parts for line in part.open()):
-        if True:
-            ev = json.loads(line)
-            kind = ev.get("Event")
-            if kind == "SparkListenerJobStart":
-                group = (ev.get("Properties") or {}).get("spark.jobGroup.id")
-                if group:
-                    g = groups.setdefault(group, {"jobs": 0, "stages": 0})
-                    g["jobs"] += 1
-                    for sid in ev.get("Stage IDs", []):
-                        stage_group[sid] = group
-            elif kind == "SparkListenerTaskEnd" and ev.get("Stage ID") in stage_group:
-                m = ev.get("Task Metrics") or {}
-                tasks.setdefault((stage_group[ev["Stage ID"]], ev["Stage ID"]), []).append(m)
+        ev = json.loads(line)
+        kind = ev.get("Event")
+        if kind == "SparkListenerJobStart":
+            group = (ev.get("Properties") or {}).get("spark.jobGroup.id")
+            if group:
+                g = groups.setdefault(group, {"jobs": 0, "stages": 0})
+                g["jobs"] += 1
+                for sid in ev.get("Stage IDs", []):
+                    stage_group[sid] = group
+        elif kind == "SparkListenerTaskEnd" and ev.get("Stage ID") in stage_group:
+            m = ev.get("Task Metrics") or {}
+            tasks.setdefault((stage_group[ev["Stage ID"]], ev["Stage ID"]), []).append(m)
     out = {}
     for (group, _), ms in tasks.items():
         g = out.setdefault(group, {"jobs": groups[group]["jobs"], "stages": 0, "tasks": 0, "executor_run_s": 0.0,

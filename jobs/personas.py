@@ -105,11 +105,9 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
         raise FileNotFoundError(f"gold.user_features holds {n_users} users for as_of {as_of}; "
                                 f"run jobs.aggregate --as-of {as_of} first (K-means needs at least {cfg.k_max * 2})")
     features_version = lake.version(spark, settings, USER_FEATURES)
-    categories = sorted(r[0] for r in features.select(F.explode(F.map_keys("category_share"))).distinct().collect())
+    categories = P.categories_of(features)
     platforms = sorted(settings.platforms)
-    # A fixed hash partitioning in user order: K-means|| samples per partition, so this makes the
-    # same data and seed give the same personas on any cluster and shuffle setting.
-    flat = P.flatten(features, categories).repartition(cfg.partitions, "user_id").sortWithinPartitions("user_id")
+    flat = P.model_input(features, categories, cfg.partitions).persist(StorageLevel.MEMORY_AND_DISK)
     prep = P.prep_pipeline(categories).fit(flat)
     data = prep.transform(flat).select("user_id", P.PREP_OUT).persist(StorageLevel.MEMORY_AND_DISK)
     summary.count("users", n_users)

@@ -53,6 +53,18 @@ def flatten(features: DataFrame, categories: list[str]) -> DataFrame:
     return features.select("*", *share_columns(F.col("category_share"), categories, category_column("")))
 
 
+def categories_of(features: DataFrame) -> list[str]:
+    """The content categories present in the users' category mix, sorted."""
+    return sorted(r[0] for r in features.select(F.explode(F.map_keys("category_share"))).distinct().collect())
+
+
+def model_input(features: DataFrame, categories: list[str], partitions: int) -> DataFrame:
+    """:func:`flatten`, hash-partitioned by user into a fixed number of partitions in user order.
+    K-means|| samples per partition, so this makes the same data and seed give the same
+    personas on any cluster and shuffle setting."""
+    return flatten(features, categories).repartition(partitions, "user_id").sortWithinPartitions("user_id")
+
+
 def input_columns(categories: list[str]) -> list[str]:
     return [*LOG_FEATURES, *PLAIN_FEATURES, *[category_column(c) for c in categories]]
 
