@@ -1,5 +1,5 @@
 """Helpers of the fault-injection tests: tiny raw exports written by hand (exact, fast, and each
-record known), table checksums, and running a job in a child process.
+record known), and running a job in a child process.
 
 The raw files follow conf/platforms exactly: zhixue and globalearn JSON lines, tingshu CSV
 with a header, ketang Parquet.
@@ -12,9 +12,8 @@ import json
 import os
 import random
 import re
-from collections import Counter
-import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,7 +21,6 @@ import pyarrow.parquet as pq
 from pyspark.sql import functions as F
 
 from jobs import lake
-from jobs.config import PROJECT_ROOT
 from tests.conftest import TEST_OVERRIDES
 
 TINGSHU_HEADER = ["record_id", "member_id", "album_id", "anchor_id", "genre", "action", "event_time",
@@ -207,25 +205,12 @@ def assert_unique_keys(spark, settings, table) -> None:
     assert n == 0, f"{table.qualified}: {n} duplicate keys"
 
 
-def checksum(spark, settings, table, drop: tuple[str, ...] = ()) -> tuple[int, str]:
-    """(rows, sha256 of the sorted rows): equal checksums mean equal tables."""
-    rows = rows_of(spark, settings, table, drop)
-    return len(rows), hashlib.sha256(repr(rows).encode()).hexdigest()[:16]
-
-
 def job_command(module: str, lake_root: Path, *overrides: str) -> list[str]:
     """``python -m jobs.<module>`` on ``lake_root`` with the tests' small-session settings."""
     cmd = [sys.executable, "-m", f"jobs.{module}"]
     for o in (*TEST_OVERRIDES, f"lake.root={lake_root}", *overrides):
         cmd += ["--set", o]
     return cmd
-
-
-def run_job(module: str, lake_root: Path, *overrides: str, env: dict | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run a job to completion in a child process (its own JVM), output captured."""
-    return subprocess.run(job_command(module, lake_root, *overrides), cwd=PROJECT_ROOT, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def child_env(extra: dict | None = None) -> dict:

@@ -89,6 +89,7 @@ def test_every_mlflow_server_the_project_starts_binds_to_loopback():
                 for m in SHELL_COMMAND.finditer(p.read_text().replace("\\\n", " "))]
     commands += [(p.name, m.group(0)) for p in python for m in PY_COMMAND.finditer(p.read_text())]
     assert any(name == "Makefile" for name, _ in commands)  # make mlflow-ui
+    assert any(name == "deploy.py" for name, _ in commands)  # make cluster-up's tracking server
     for name, cmd in commands:
         assert re.search(r"""--host["',\s]+["']?127\.0\.0\.1\b""", cmd), (name, cmd)
         assert "0.0.0.0" not in cmd, (name, cmd)

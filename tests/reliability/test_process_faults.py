@@ -3,6 +3,7 @@ and Spark task failures retried (local[N,F]). The jobs run in child processes (t
 JVM); the tables they leave are compared with an uninterrupted run in this process."""
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -55,8 +56,9 @@ def test_sigkill_in_the_middle_of_a_delta_write(spark, tmp_path):
     # put files in the table's folder
     cmd = job_command("refine", Path(settings.lake_root), f"lake.raw={raw}",
                       "spark.conf={spark.sql.files.maxRecordsPerFile: 1}")
+    # Its own process group: the SIGKILL reaches the JVM that does the write, not only Python.
     child = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=child_env(), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
         while child.poll() is None and time.monotonic() < deadline:
@@ -65,12 +67,14 @@ def test_sigkill_in_the_middle_of_a_delta_write(spark, tmp_path):
             time.sleep(0.02)
         assert child.poll() is None, f"refine ended before it was killed:\n{child.stdout.read()[-3000:]}"
         assert len(data_files(table_dir) - files) >= 5, "the write of silver.events never started"
-        child.send_signal(signal.SIGKILL)
+        os.killpg(child.pid, signal.SIGKILL)
         assert child.wait(timeout=60) == -signal.SIGKILL
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(timeout=60)
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        child.wait(timeout=60)
     # THEN the write left files but no commit: the table reads exactly as before, at its
     # previous version, and the batch is not logged as refined
     assert data_files(table_dir) - files and commits(table_dir) == logged
