@@ -117,18 +117,23 @@ def finish(proc, workdir: Path, timeout: int = 2400) -> str:
 
 def table_frame(spark, settings, table) -> pd.DataFrame:
     """A table as pandas, comparable across runs: run-specific columns dropped, the lake root
-    replaced by a placeholder, maps and arrays as sorted text, rows in a canonical order."""
+    replaced by a placeholder, arrays as text, a map as its sorted keys (text) and, if numeric,
+    its values (<name>__values, compared with a tolerance), rows in a canonical order."""
     df = lake.read(spark, settings, table)
     df = df.drop(*[c for c in df.columns if c in RUN_SPECIFIC])
     for f in df.schema.fields:
         if isinstance(f.dataType, T.MapType):
-            df = df.withColumn(f.name, F.to_json(F.array_sort(F.map_entries(f.name))))
+            entries = F.array_sort(F.map_entries(f.name))
+            if isinstance(f.dataType.valueType, T.NumericType):
+                df = df.withColumn(f"{f.name}__values", F.transform(entries, lambda e: e["value"].cast("double")))
+                entries = F.transform(entries, lambda e: e["key"])
+            df = df.withColumn(f.name, F.to_json(entries))
         elif isinstance(f.dataType, (T.ArrayType, T.StructType)):
             df = df.withColumn(f.name, F.to_json(f.name))
         elif isinstance(f.dataType, T.StringType):
             df = df.withColumn(f.name, F.replace(f.name, F.lit(settings.lake_root), F.lit("<lake>")))
     frame = df.toPandas()
-    keys = [c for c in frame.columns if frame[c].dtype.kind not in "fc"]
+    keys = [c for c in frame.columns if frame[c].dtype.kind not in "fc" and not c.endswith("__values")]
     return frame.sort_values(keys, kind="mergesort", na_position="first").reset_index(drop=True)
 
 
@@ -139,7 +144,11 @@ def assert_same_tables(spark, ours, reference, tables) -> dict[str, int]:
         assert list(a.columns) == list(b.columns), table.qualified
         assert len(a) == len(b), f"{table.qualified}: {len(a)} rows vs {len(b)} in the local run"
         for col in a.columns:
-            if a[col].dtype.kind in "fc":
+            if col.endswith("__values"):  # a numeric map's values, in key order (keys compared exactly)
+                np.testing.assert_allclose(np.concatenate([np.asarray(v, float) for v in a[col]] or [[]]),
+                                           np.concatenate([np.asarray(v, float) for v in b[col]] or [[]]),
+                                           rtol=1e-6, atol=1e-9, equal_nan=True, err_msg=f"{table.qualified}.{col}")
+            elif a[col].dtype.kind in "fc":
                 np.testing.assert_allclose(a[col].to_numpy(float), b[col].to_numpy(float), rtol=1e-6, atol=1e-9,
                                            equal_nan=True, err_msg=f"{table.qualified}.{col}")
             else:
