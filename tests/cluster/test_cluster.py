@@ -223,32 +223,44 @@ def _json(url: str):
 
 
 def test_a_worker_killed_mid_stage_changes_nothing(spark, cluster, dist, driver_python, local_run, tmp_path):
-    """aggregate on the cluster, from a copy of the local run's silver: worker-2 (and its executor)
-    is SIGKILLed while a stage has tasks running on both executors; the job finishes on the
-    other worker and its gold tables equal the local run's."""
+    """aggregate on the cluster, from a copy of the local run's silver: once both executors have run
+    tasks (so both hold shuffle output) and a stage is running, worker-2 (and its executor) is
+    SIGKILLed; the job finishes on the other worker and its gold tables equal the local run's.
+
+    The tasks here last milliseconds, so the trigger must not need two of them caught running at
+    one poll: the driver waits for both executors before scheduling and does not hold tasks back
+    for locality, and the kill comes at the first poll that sees a stage running after both
+    executors have worked."""
     root = tmp_path / "lake"
     shutil.copytree(local_run.lake_root, root, ignore=shutil.ignore_patterns("gold", "mlflow.db", "mlartifacts",
                                                                              "reports"))
     ui, work = free_port(), tmp_path / "work"
+    spread = {"spark.ui.port": str(ui), "spark.port.maxRetries": "0", "spark.cores.max": "2",
+              "spark.scheduler.minRegisteredResourcesRatio": "1.0",
+              "spark.scheduler.maxRegisteredResourcesWaitingTime": "600s", "spark.locality.wait": "0s"}
     with submit(cluster, dist, driver_python,
                 ["aggregate", "--env", "cluster", *sets([f"lake.root={root}", "spark.ui=true",
                                                          f"spark.shuffle_partitions={CLUSTER_SHUFFLE}", *PIPELINE])],
-                work, {"spark.ui.port": str(ui), "spark.port.maxRetries": "0"}) as proc:
+                work, spread) as proc:
         api = f"http://127.0.0.1:{ui}/api/v1/applications"
-        killed = False
-        deadline = time.monotonic() + 900
-        while not killed and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.5)
+        seen: list[dict] = []
+        deadline = time.monotonic() + 1200
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
             try:
                 app = _json(api)[0]["id"]
-                executors = [e for e in _json(f"{api}/{app}/executors") if e["id"] != "driver" and e["isActive"]]
-                running = sum(s["numActiveTasks"] for s in _json(f"{api}/{app}/stages?status=active"))
+                seen = [e for e in _json(f"{api}/{app}/executors") if e["id"] != "driver" and e["isActive"]]
             except (OSError, IndexError, KeyError, ValueError):
                 continue
-            if len(executors) == 2 and running >= 2:  # one core each: both executors are busy
+            if len(seen) == 2 and all(e["totalTasks"] > 0 for e in seen) and (
+                    any(e["activeTasks"] > 0 for e in seen) or _json(f"{api}/{app}/stages?status=active")):
                 cluster.kill("worker-2")
-                killed = True
-        assert killed, "no stage ran on both executors before the job ended"
+                break
+        else:
+            state = "still running" if proc.poll() is None else f"exited {proc.returncode}"
+            tasks = [(e["id"], e["totalTasks"], e["activeTasks"]) for e in seen]
+            pytest.fail(f"worker-2 not killed: spark-submit {state}; executors (id, tasks, active) last seen: "
+                        f"{tasks}\n{(work / 'submit.log').read_text()[-4000:]}")
         out = finish(proc, work)
     assert cluster.alive_workers() == 1
     assert "Lost executor" in out, out[-4000:]
