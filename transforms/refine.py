@@ -48,7 +48,10 @@ def extract_fields(df: DataFrame, mapping: PlatformMapping, part: SourceSpec) ->
         opts = {"mode": "PERMISSIVE", **part.reader}
         df = df.withColumn("_p", F.from_csv(F.col("raw"), schema, opts))
         parsed = F.col("_p")
-        n_fields = F.size(F.split(F.col("raw"), _CSV_SPLIT))
+        # The quote-aware split scans the rest of the line at every comma; a line without a
+        # quote (nearly all) splits the same on plain commas, at a fraction of the cost.
+        n_fields = F.when(F.instr(F.col("raw"), '"') > 0, F.size(F.split(F.col("raw"), _CSV_SPLIT))) \
+                    .otherwise(F.size(F.split(F.col("raw"), ",")))
         malformed = F.col("raw").isNull() | (n_fields != len(cols))
         get = {k: F.nullif(F.trim(parsed[v]), F.lit("")) for k, v in sources.items()}
     else:

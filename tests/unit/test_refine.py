@@ -99,10 +99,12 @@ def test_unknown_currency(spark):
 
 def test_csv_local_time_percent_progress_and_defects(spark, tingshu):
     good = "T1,m1,a1,k1,tech,play,2026-06-01 08:00:00,30,50,,Y,,s1"
+    quoted = good.replace("T1", "T5").replace(",tech,", ',"tech, science",')  # a comma inside quotes
     lines = [good, "T2,m1,a1,k1,tech,play,2026-06-01", good.replace("T1", "T3").replace(",30,", ",3x,"),
-             good.replace("T1", "T4") + ",extra"]
+             good.replace("T1", "T4") + ",extra", quoted, quoted.replace("T5", "T6") + ",extra"]
     out = refine.parse_events(bronze(spark, "tingshu", "csv", lines), tingshu, CFG, AS_OF)
-    assert reasons_of(out) == [[], ["malformed"], ["bad_type"], ["malformed"]]
+    assert reasons_of(out) == [[], ["malformed"], ["bad_type"], ["malformed"], [], ["malformed"]]
+    assert out.where("source_position = 5").first().category == "tech, science"
     row = out.where("source_position = 1").first()
     # 08:00 Beijing time is 00:00 UTC; 50 percent is 0.5; no amount means 0
     assert (row.event_ts, row.progress, row.duration_s, row.amount) == (dt.datetime(2026, 6, 1), 0.5, 30.0, Decimal("0.00"))
