@@ -122,7 +122,7 @@ class PersonaSettings(_Strict):
     seed: int = 11
     max_iter: int = Field(60, ge=5)
     init_steps: int = Field(5, ge=1)
-    tol: float = Field(1e-6, gt=0)
+    tol: float = Field(1e-2, gt=0)
     # A candidate k is acceptable when its smallest persona holds at least min_share of the
     # users and two fits on bootstrap samples agree with it (adjusted Rand index) at least
     # min_stability; among those the best silhouette wins.
