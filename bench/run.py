@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import platform as pyplatform
+import re
 import shutil
 import statistics
 import sys
@@ -103,6 +104,8 @@ def pipeline_summary(info: dict) -> dict:
     """End-to-end events per second over the pipeline stages (ingest .. score) that ran; a stage
     that stopped (e.g. score without a champion) is named, not counted."""
     ran = {s: info["stage_seconds"].get(s) for s in STAGES}
+    # errors name the lake by its absolute path: keep this machine's folders out of the results
+    info = {**info, "notes": {k: re.sub(r"\S*/(bench/data/)", r"\1", v) for k, v in info["notes"].items()}}
     done = {s: v for s, v in ran.items() if v is not None}
     total = sum(done.values())
     return {**info, "pipeline_seconds": round(total, 1), "stages_counted": list(done),
