@@ -7,6 +7,7 @@ All built-in Spark functions (``from_json``, ``from_csv``, ``try_cast``,
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -18,8 +19,8 @@ from transforms.ingest import UNREADABLE
 from transforms.schemas import AMOUNT, AMOUNT_ORIG, EVENTS, select_contract
 
 TRUE_TEXT = ("1", "true", "t", "y", "yes")
-# Quoted-CSV-aware separator: a comma followed by an even number of quotes.
-_CSV_SPLIT = ',(?=(?:[^"]*"[^"]*")*[^"]*$)'
+# Quoted-CSV-aware split: a separator followed by an even number of quotes.
+_OUTSIDE_QUOTES = '(?=(?:[^"]*"[^"]*")*[^"]*$)'
 
 
 def _json_schema(paths: list[str]) -> StructType:
@@ -48,10 +49,12 @@ def extract_fields(df: DataFrame, mapping: PlatformMapping, part: SourceSpec) ->
         opts = {"mode": "PERMISSIVE", **part.reader}
         df = df.withColumn("_p", F.from_csv(F.col("raw"), schema, opts))
         parsed = F.col("_p")
-        # The quote-aware split scans the rest of the line at every comma; a line without a
-        # quote (nearly all) splits the same on plain commas, at a fraction of the cost.
-        n_fields = F.when(F.instr(F.col("raw"), '"') > 0, F.size(F.split(F.col("raw"), _CSV_SPLIT))) \
-                    .otherwise(F.size(F.split(F.col("raw"), ",")))
+        # Count fields by the mapping's own separator. The quote-aware split scans the rest of
+        # the line at every separator; a line without a quote (nearly all) splits the same on
+        # the plain separator, at a fraction of the cost.
+        sep = re.escape(part.reader.get("sep", part.reader.get("delimiter", ",")))
+        n_fields = F.when(F.instr(F.col("raw"), '"') > 0, F.size(F.split(F.col("raw"), sep + _OUTSIDE_QUOTES))) \
+                    .otherwise(F.size(F.split(F.col("raw"), sep)))
         malformed = F.col("raw").isNull() | (n_fields != len(cols))
         get = {k: F.nullif(F.trim(parsed[v]), F.lit("")) for k, v in sources.items()}
     else:

@@ -105,6 +105,11 @@ def test_csv_local_time_percent_progress_and_defects(spark, tingshu):
     out = refine.parse_events(bronze(spark, "tingshu", "csv", lines), tingshu, CFG, AS_OF)
     assert reasons_of(out) == [[], ["malformed"], ["bad_type"], ["malformed"], [], ["malformed"]]
     assert out.where("source_position = 5").first().category == "tech, science"
+    # a mapping with another separator counts its fields by that separator
+    piped = tingshu.model_copy(update={"events": tingshu.events.model_copy(update={"reader": {"sep": "|"}})})
+    lines_piped = [good.replace(",", "|"), quoted.replace(",", "|").replace('"tech| science"', '"tech, science"'), good]
+    assert reasons_of(refine.parse_events(bronze(spark, "tingshu", "csv", lines_piped), piped, CFG, AS_OF)) == \
+        [[], [], ["malformed"]]
     row = out.where("source_position = 1").first()
     # 08:00 Beijing time is 00:00 UTC; 50 percent is 0.5; no amount means 0
     assert (row.event_ts, row.progress, row.duration_s, row.amount) == (dt.datetime(2026, 6, 1), 0.5, 30.0, Decimal("0.00"))
