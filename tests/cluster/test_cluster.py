@@ -247,13 +247,14 @@ def test_a_worker_killed_mid_stage_changes_nothing(spark, cluster, dist, driver_
         deadline = time.monotonic() + 1200
         while proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
-            try:
+            try:  # the UI comes up late and goes away with the job: any read may fail
                 app = _json(api)[0]["id"]
                 seen = [e for e in _json(f"{api}/{app}/executors") if e["id"] != "driver" and e["isActive"]]
+                ready = len(seen) == 2 and all(e["totalTasks"] > 0 for e in seen) and (
+                    any(e["activeTasks"] > 0 for e in seen) or bool(_json(f"{api}/{app}/stages?status=active")))
             except (OSError, IndexError, KeyError, ValueError):
                 continue
-            if len(seen) == 2 and all(e["totalTasks"] > 0 for e in seen) and (
-                    any(e["activeTasks"] > 0 for e in seen) or _json(f"{api}/{app}/stages?status=active")):
+            if ready:
                 cluster.kill("worker-2")
                 break
         else:
