@@ -4,8 +4,11 @@
 
 1. Data: generates the raw exports once per scale with our generator and runs the real
    pipeline stages on them (ingest -> refine -> aggregate -> personas -> train -> score), each
-   timed: that is the end-to-end events per second. Cached in bench/data/<scale>/; a rerun
-   reuses it (delete the folder to start over).
+   timed: that is the end-to-end events per second. A run prepares only as far as its
+   comparisons need (--only aggregate stops after aggregate; all comparisons run every stage).
+   Cached in bench/data/<scale>/ with each finished stage recorded in prepared.json, so a
+   rerun goes on where the last one stopped (--prepare-only prepares and stops; delete the
+   folder to start over).
 2. Comparisons: for each, one discarded warm-up of both sides, then 3 timed runs of each
    (interleaved), both sides writing their full result as Parquet; the median is reported.
    Our side calls the functions the jobs call; the baselines are in bench/baselines.py.
@@ -45,7 +48,8 @@ SCALES = {
     "1e8": {"users": 550_000, "sessions": 53_000_000, "files": 32},
 }
 TARGETS = {"ingest": 3.0, "aggregate": 3.0, "kmeans": 3.0, "scoring": 8.0, "scaling": 11.0}
-STAGES = ("ingest", "refine", "aggregate", "personas", "train", "score")
+PIPELINE = ("generate", "ingest", "refine", "aggregate", "personas", "train", "score")
+STAGES = PIPELINE[1:]  # the stages counted in end-to-end events per second
 log = logging.getLogger("bench")
 
 
@@ -71,46 +75,87 @@ def machine() -> dict:
 
 
 # -- data: generated once per scale, then the real pipeline stages ------------------------------------
-def prepare(spark, settings, data_dir: Path) -> dict:
-    """Generate and run the pipeline once for this scale (timed per stage); cached."""
-    from jobs import aggregate, generate, ingest, lake, personas, refine, score, train
+# What each comparison reads, as the last pipeline stage it needs: the aggregate compares over
+# silver.events and gold.user_platform_daily, K-means over gold.user_features, scoring a
+# registered model. A run prepares up to the furthest stage its comparisons need; a full run
+# (every comparison) takes the pipeline to its end, score included, for events per second.
+NEEDS = {"ingest": "generate", "aggregate": "aggregate", "kmeans": "aggregate", "scoring": "train"}
+
+
+def stages_needed(only: list[str]) -> tuple[str, ...]:
+    """The pipeline stages to prepare for these comparisons (all of them for a full run)."""
+    if set(only) >= set(NEEDS):
+        return PIPELINE
+    last = max((PIPELINE.index(NEEDS[n]) for n in only), default=-1)
+    return PIPELINE[:last + 1]
+
+
+def _pipeline_bodies() -> dict[str, Callable]:
+    from jobs import aggregate, generate, ingest, personas, refine, score, train
+    return {"generate": generate.execute, "ingest": ingest.execute, "refine": refine.execute,
+            "aggregate": aggregate.execute, "personas": personas.execute, "train": train.execute,
+            "score": score.execute}
+
+
+def prepare(spark, settings, data_dir: Path, stages: tuple[str, ...] = PIPELINE,
+            bodies: dict[str, Callable] | None = None) -> dict:
+    """Take this scale's data through ``stages`` of the pipeline, each timed, and keep the
+    times in <data_dir>/prepared.json after every stage.
+
+    A rerun skips the stages already recorded, so a long preparation (10^8) can be stopped and
+    resumed: the jobs are incremental and finish an interrupted stage's work exactly once. A
+    stage that was interrupted is marked ``resumed``: its time covers only the rest of its work
+    and it is not counted in events per second."""
+    from jobs import lake
     from jobs.cli import Summary
     from transforms.schemas import EVENTS
 
+    bodies = bodies or _pipeline_bodies()
     marker = data_dir / "prepared.json"
-    if marker.exists():
-        return json.loads(marker.read_text())
-    bodies = {"generate": generate.execute, "ingest": ingest.execute, "refine": refine.execute,
-              "aggregate": aggregate.execute, "personas": personas.execute, "train": train.execute,
-              "score": score.execute}
-    seconds, notes = {}, {}
-    for name, body in bodies.items():
+    info = json.loads(marker.read_text()) if marker.exists() else {}
+    info = {"stage_seconds": {}, "notes": {}, "resumed": [], **info}
+
+    def save() -> None:
+        marker.write_text(json.dumps(info, indent=2))
+
+    for name in stages:
+        if name in info["stage_seconds"]:
+            continue
+        if info.get("running") == name:  # the last run stopped inside this stage
+            info["resumed"] = sorted({*info["resumed"], name})
+        info["running"] = name
+        save()
         log.info("prepare %s: %s", data_dir.name, name)
         try:
-            seconds[name], summary = timed(lambda: body(spark, settings, Summary(f"bench/{name}")))
+            seconds, summary = timed(lambda: bodies[name](spark, settings, Summary(f"bench/{name}")))
             print(summary.render(), flush=True)
         except FileNotFoundError as err:  # e.g. score without a champion: recorded, the bench goes on
-            seconds[name] = None
-            notes[name] = str(err)
+            seconds = None
+            info["notes"][name] = str(err)
             log.warning("prepare %s failed: %s", name, err)
-    events = lake.read(spark, settings, EVENTS).count()
-    info = {"silver_events": events, "stage_seconds": seconds, "notes": notes,
-            "load_avg_1m": round(os.getloadavg()[0], 2)}
-    marker.write_text(json.dumps(info, indent=2))
+        info["stage_seconds"][name] = seconds
+        info.pop("running")
+        if name == "refine" or "silver_events" not in info and lake.exists(spark, settings, EVENTS):
+            info["silver_events"] = lake.read(spark, settings, EVENTS).count()
+        info["load_avg_1m"] = round(os.getloadavg()[0], 2)
+        save()
     return info
 
 
 def pipeline_summary(info: dict) -> dict:
-    """End-to-end events per second over the pipeline stages (ingest .. score) that ran; a stage
-    that stopped (e.g. score without a champion) is named, not counted."""
-    ran = {s: info["stage_seconds"].get(s) for s in STAGES}
+    """End-to-end events per second over the pipeline stages (ingest .. score) that ran in full;
+    a stage that stopped (e.g. score without a champion), was resumed after an interruption or
+    has not been prepared yet is named, not counted."""
+    resumed = set(info.get("resumed", []))
+    ran = {s: (None if s in resumed else info["stage_seconds"].get(s)) for s in STAGES}
     # errors name the lake by its absolute path: keep this machine's folders out of the results
     info = {**info, "notes": {k: re.sub(r"\S*/(bench/data/)", r"\1", v) for k, v in info["notes"].items()}}
     done = {s: v for s, v in ran.items() if v is not None}
     total = sum(done.values())
+    events = info.get("silver_events")
     return {**info, "pipeline_seconds": round(total, 1), "stages_counted": list(done),
             "stages_missing": [s for s, v in ran.items() if v is None],
-            "events_per_second": round(info["silver_events"] / total) if total else None}
+            "events_per_second": round(events / total) if total and events else None}
 
 
 # -- one comparison ---------------------------------------------------------------------------------
@@ -431,12 +476,14 @@ def table(report: dict) -> str:
     p = report["pipeline"]
     lines.append("")
     lines.append(f"Session start-up (build_session, JVM + Delta): {report['session_startup_s']:.1f} s (not in any ratio)")
-    stages = ", ".join(f"{k} {v:.0f} s" if v is not None else f"{k} failed" for k, v in p["stage_seconds"].items())
+    resumed = set(p.get("resumed", []))
+    stages = ", ".join(f"{k} {v:.0f} s" + (" (resumed)" if k in resumed else "") if v is not None else f"{k} failed"
+                       for k, v in p["stage_seconds"].items())
     eps = f"{p['events_per_second']:,.0f} events/s" if p.get("events_per_second") else "n/a"
     total = f"{p['pipeline_seconds']:.0f} s" if p.get("pipeline_seconds") else "n/a"
     missing = f"; not counted: {', '.join(p['stages_missing'])} ({'; '.join(p['notes'].get(m, '') for m in p['stages_missing'])[:160]})" \
         if p["stages_missing"] else ""
-    lines.append(f"End-to-end pipeline ({', '.join(p['stages_counted'])}) on {p['silver_events']:,} silver events: "
+    lines.append(f"End-to-end pipeline ({', '.join(p['stages_counted'])}) on {p.get('silver_events', 0):,} silver events: "
                  f"{total} = {eps} [{stages}]{missing}")
     for r in report["results"]:
         d = r.get("details", {})
@@ -452,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=sorted(SCALES), default="small")
     parser.add_argument("--only", default=",".join(BENCHES), help="comma-separated subset of " + ",".join(BENCHES))
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="only prepare the data those comparisons need (resumable: a rerun goes on from "
+                             "the last finished stage) and stop; nothing is compared or written to results")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per side (median reported)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="configuration override for the jobs (e.g. to measure a tuning), repeatable")
@@ -459,6 +509,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="write a Spark event log and add per-comparison stage metrics (tasks, shuffle, "
                              "spill, skew) to the results")
     args = parser.parse_args(argv)
+    only = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in only if n not in BENCHES]
+    if unknown or not only:
+        parser.error(f"--only {args.only!r}: unknown comparison(s) {unknown}; choose from {','.join(BENCHES)}")
     from jobs.cli import configure_logging
     from jobs.config import load_settings
 
@@ -480,9 +534,13 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.session import build_session
 
     startup, spark = timed(lambda: build_session(settings))
-    info = prepare(spark, settings, data_dir)
+    info = prepare(spark, settings, data_dir, stages_needed(only))
+    if args.prepare_only:
+        spark.stop()
+        print(json.dumps(pipeline_summary(info), indent=2), flush=True)
+        return 0
     results: list[dict] = []
-    for name in [n.strip() for n in args.only.split(",") if n.strip()]:
+    for name in only:
         results += BENCHES[name](spark, settings, work, args.scale, args.runs)
     results += scaling(args.scale, results)
     spark.stop()  # also completes the event log
