@@ -191,7 +191,6 @@ def user_features(lookback: DataFrame, history: DataFrame, as_of: dt.date, perio
         _n(_is("subscribe")).alias("subscriptions"),
         (F.coalesce(F.sum(F.when(read, F.col("duration_s"))), F.lit(0.0)) / 3600).alias("watch_hours"),
         _n(_is("complete")).alias("_completes"),
-        F.countDistinct("platform").alias("platforms_used"),
         _n(_is("impression")).alias("rec_impressions"),
         _n(_is("click")).alias("_clicks"),
         _n(_is("purchase") & rec).alias("_rec_purchases"),
@@ -209,6 +208,9 @@ def user_features(lookback: DataFrame, history: DataFrame, as_of: dt.date, perio
                .join(_share_map(lookback, "platform", "user_id"), "user_id", "left")
                .join(_share_map(lookback, "category", "user_id"), "user_id", "left")
                .join(hhi, "user_id", "left")
+               # the distinct platforms are the share map's keys: a second distinct count in the
+               # aggregation above would make Spark expand every row (it doubled that stage's time)
+               .withColumn("platforms_used", F.when(F.col("platform_share").isNotNull(), F.size("platform_share")))
                .fillna(0, subset=counts)
                .fillna(0.0, subset=["monetary", "monetary_recent", "watch_hours"])
                .select(
