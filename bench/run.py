@@ -76,10 +76,10 @@ def machine() -> dict:
 
 # -- data: generated once per scale, then the real pipeline stages ------------------------------------
 # What each comparison reads, as the last pipeline stage it needs: the aggregate compares over
-# silver.events and gold.user_platform_daily, K-means over gold.user_features, scoring a
-# registered model. A run prepares up to the furthest stage its comparisons need; a full run
+# silver.events and gold.user_platform_daily, K-means over gold.user_features with the k that
+# jobs.personas chose (gold.persona_profiles), scoring a registered model. A run prepares up to the furthest stage its comparisons need; a full run
 # (every comparison) takes the pipeline to its end, score included, for events per second.
-NEEDS = {"ingest": "generate", "aggregate": "aggregate", "kmeans": "aggregate", "scoring": "train"}
+NEEDS = {"ingest": "generate", "aggregate": "aggregate", "kmeans": "personas", "scoring": "train"}
 
 
 def stages_needed(only: list[str]) -> tuple[str, ...]:
@@ -105,7 +105,8 @@ def prepare(spark, settings, data_dir: Path, stages: tuple[str, ...] = PIPELINE,
     A rerun skips the stages already recorded, so a long preparation (10^8) can be stopped and
     resumed: the jobs are incremental and finish an interrupted stage's work exactly once. A
     stage that was interrupted is marked ``resumed``: its time covers only the rest of its work
-    and it is not counted in events per second."""
+    and it is not counted in events per second. A stage that stopped with a missing input (e.g.
+    score without a champion) is recorded as such and not tried again."""
     from jobs import lake
     from jobs.cli import Summary
     from transforms.schemas import EVENTS
@@ -115,8 +116,10 @@ def prepare(spark, settings, data_dir: Path, stages: tuple[str, ...] = PIPELINE,
     info = json.loads(marker.read_text()) if marker.exists() else {}
     info = {"stage_seconds": {}, "notes": {}, "resumed": [], **info}
 
-    def save() -> None:
-        marker.write_text(json.dumps(info, indent=2))
+    def save() -> None:  # atomically: a stop while writing must not leave a truncated marker
+        part = marker.with_suffix(".part")
+        part.write_text(json.dumps(info, indent=2))
+        os.replace(part, marker)
 
     for name in stages:
         if name in info["stage_seconds"]:
@@ -135,10 +138,12 @@ def prepare(spark, settings, data_dir: Path, stages: tuple[str, ...] = PIPELINE,
             log.warning("prepare %s failed: %s", name, err)
         info["stage_seconds"][name] = seconds
         info.pop("running")
-        if name == "refine" or "silver_events" not in info and lake.exists(spark, settings, EVENTS):
-            info["silver_events"] = lake.read(spark, settings, EVENTS).count()
-        info["load_avg_1m"] = round(os.getloadavg()[0], 2)
+        info["load_avg_1m"] = round(os.getloadavg()[0], 2)  # the machine is shared: how busy it was
+        info.setdefault("stage_load_avg_1m", {})[name] = info["load_avg_1m"]
         save()
+        if "silver_events" not in info and lake.exists(spark, settings, EVENTS):  # once refine has run
+            info["silver_events"] = lake.read(spark, settings, EVENTS).count()
+            save()
     return info
 
 
@@ -481,9 +486,11 @@ def table(report: dict) -> str:
                        for k, v in p["stage_seconds"].items())
     eps = f"{p['events_per_second']:,.0f} events/s" if p.get("events_per_second") else "n/a"
     total = f"{p['pipeline_seconds']:.0f} s" if p.get("pipeline_seconds") else "n/a"
-    missing = f"; not counted: {', '.join(p['stages_missing'])} ({'; '.join(p['notes'].get(m, '') for m in p['stages_missing'])[:160]})" \
-        if p["stages_missing"] else ""
-    lines.append(f"End-to-end pipeline ({', '.join(p['stages_counted'])}) on {p.get('silver_events', 0):,} silver events: "
+    why = {m: p["notes"].get(m) or ("resumed after an interruption" if m in resumed else "not prepared yet")
+           for m in p["stages_missing"]}
+    missing = f"; not counted: {'; '.join(f'{m} ({w})' for m, w in why.items())[:240]}" if why else ""
+    events = f"{p['silver_events']:,}" if p.get("silver_events") is not None else "n/a"
+    lines.append(f"End-to-end pipeline ({', '.join(p['stages_counted'])}) on {events} silver events: "
                  f"{total} = {eps} [{stages}]{missing}")
     for r in report["results"]:
         d = r.get("details", {})
@@ -512,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     only = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in only if n not in BENCHES]
     if unknown or not only:
-        parser.error(f"--only {args.only!r}: unknown comparison(s) {unknown}; choose from {','.join(BENCHES)}")
+        what = f"unknown comparison(s) {', '.join(unknown)}" if unknown else "no comparison named"
+        parser.error(f"--only {args.only!r}: {what}; choose from {','.join(BENCHES)}")
     from jobs.cli import configure_logging
     from jobs.config import load_settings
 

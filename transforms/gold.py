@@ -209,7 +209,8 @@ def user_features(lookback: DataFrame, history: DataFrame, as_of: dt.date, perio
                .join(_share_map(lookback, "category", "user_id"), "user_id", "left")
                .join(hhi, "user_id", "left")
                # the distinct platforms are the share map's keys: a second distinct count in the
-               # aggregation above would make Spark expand every row (it doubled that stage's time)
+               # aggregation above makes Spark expand every row (at 10^7 events the whole of
+               # user_features took 41.9 s with it, 33.3 s without)
                .withColumn("platforms_used", F.when(F.col("platform_share").isNotNull(), F.size("platform_share")))
                .fillna(0, subset=counts)
                .fillna(0.0, subset=["monetary", "monetary_recent", "watch_hours"])
