@@ -226,7 +226,8 @@ def bench_ingest(spark, settings, work: Path, scale: str, runs: int) -> list[dic
             frames = []
             for mapping, files in sources:
                 header = ",".join(mapping.events.columns) if mapping.format == "csv" and mapping.events.columns else None
-                bronze = to_bronze(I._read(spark, files, "text"), mapping.name, mapping.format, "bench", ingested_at, header)
+                bronze = to_bronze(I._read(spark, files, "text"), mapping.name, mapping.format, "bench", ingested_at,
+                                   header, partitions=len(files))
                 parsed = RF.parse_events(bronze, mapping, settings.refine, settings.as_of)
                 frames.append(parsed.where(F.size("reasons") == 0).select(*B.INGEST_COLUMNS))
             df = frames[0]

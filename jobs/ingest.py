@@ -16,6 +16,7 @@ import hashlib
 import logging
 import sys
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -138,13 +139,16 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, input_roo
                 header = ",".join(part.columns) if fmt == "csv" and part.columns else None
             log.info("ingest: reading %d %s file(s) of %s (%s)", len(files), kind, platform, fmt)
             frames.append(to_bronze(_read(spark, files, fmt if fmt == "parquet" else "text"), platform, fmt,
-                                    batch_id, ingested_at, header))
+                                    batch_id, ingested_at, header, partitions=len(files)))
         if not frames:
             continue
         batch = frames[0]
         for f in frames[1:]:
             batch = batch.unionByName(f)
-        batch = batch.cache()
+        # Read once for the per-file counts and the MERGE. On disk only: a batch can be far larger
+        # than memory, and unrolling it into memory competed with the line-numbering sort for
+        # the heap (10^8 events ran the local driver out of memory).
+        batch = batch.persist(StorageLevel.DISK_ONLY)
         per_file = {r.source_file: r.n for r in batch.groupBy("source_file").agg(F.count("*").alias("n")).collect()}
         version, inserted = lake.merge_insert(spark, settings, table, batch)
         summary.count(f"{kind} records read", sum(per_file.values()))
