@@ -77,8 +77,9 @@ def machine() -> dict:
 # -- data: generated once per scale, then the real pipeline stages ------------------------------------
 # What each comparison reads, as the last pipeline stage it needs: the aggregate compares over
 # silver.events and gold.user_platform_daily, K-means over gold.user_features with the k that
-# jobs.personas chose (gold.persona_profiles), scoring a registered model. A run prepares up to the furthest stage its comparisons need; a full run
-# (every comparison) takes the pipeline to its end, score included, for events per second.
+# jobs.personas chose (gold.persona_profiles), scoring a registered model. A run prepares up to
+# the furthest stage its comparisons need; a full run (every comparison) takes the pipeline to
+# its end, score included, for events per second.
 NEEDS = {"ingest": "generate", "aggregate": "aggregate", "kmeans": "personas", "scoring": "train"}
 
 
