@@ -171,8 +171,13 @@ def _http_ok(url: str) -> bool:
 
 
 def cluster_up(state_dir: Path = STATE, workers: int = 2, cores: int = 1, memory: str = "5g",
-               master_port: int = 7077, ui_port: int = 8080, mlflow_port: int = 5000) -> Cluster:
-    """Start a master, ``workers`` workers and an MLflow tracking server, all on 127.0.0.1."""
+               master_port: int = 7077, ui_port: int = 8080, mlflow_port: int = 5000,
+               cleanup_after: int = 600) -> Cluster:
+    """Start a master, ``workers`` workers and an MLflow tracking server, all on 127.0.0.1.
+
+    Every executor unpacks the environment archive (about 5 GB) into its worker's work folder,
+    which Spark keeps after the application ends. The workers' periodic cleanup removes the
+    folders of finished applications ``cleanup_after`` seconds after their last write."""
     running = Cluster.load(state_dir)
     if running and running.alive_workers():
         print(f"a cluster is already up at {running.master} (make cluster-down stops it)")
@@ -183,7 +188,10 @@ def cluster_up(state_dir: Path = STATE, workers: int = 2, cores: int = 1, memory
     (state / "logs").mkdir(parents=True, exist_ok=True)
     # Scratch space (shuffle files, fetched archives) stays under the state folder, not /tmp.
     env = {**os.environ, "SPARK_HOME": str(spark_home()), "SPARK_LOCAL_IP": "127.0.0.1",
-           "SPARK_LOG_DIR": str(state / "logs"), "SPARK_LOCAL_DIRS": str(state.resolve() / "local")}
+           "SPARK_LOG_DIR": str(state / "logs"), "SPARK_LOCAL_DIRS": str(state.resolve() / "local"),
+           "SPARK_WORKER_OPTS": f"{os.environ.get('SPARK_WORKER_OPTS', '')} -Dspark.worker.cleanup.enabled=true"
+                                f" -Dspark.worker.cleanup.interval={cleanup_after}"
+                                f" -Dspark.worker.cleanup.appDataTtl={cleanup_after}".strip()}
     spark_class = str(spark_home() / "bin" / "spark-class")
     cluster = Cluster(str(state), master_port, ui_port, mlflow_port, {})
     cluster.pids["master"] = _start("master", [spark_class, "org.apache.spark.deploy.master.Master", "--host",
@@ -259,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--master-port", type=int, default=7077)
     up.add_argument("--ui-port", type=int, default=8080)
     up.add_argument("--mlflow-port", type=int, default=5000)
+    up.add_argument("--cleanup-after", type=int, default=600, metavar="SECONDS",
+                    help="delete a finished application's work folders (its unpacked environment, about "
+                         "5 GB per executor) this long after their last write (default: %(default)s)")
     sub.add_parser("cluster-down", help="stop the cluster and the MLflow server")
     cmd = sub.add_parser("submit-command", help="print the spark-submit line of a job for the local cluster")
     cmd.add_argument("job", nargs=argparse.REMAINDER, help="JOB [job options], e.g. pipeline --env cluster")
@@ -270,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             print(pack_env().relative_to(PROJECT_ROOT))
     elif args.command == "cluster-up":
         cluster_up(STATE, args.workers, args.worker_cores, args.worker_memory, args.master_port, args.ui_port,
-                   args.mlflow_port)
+                   args.mlflow_port, args.cleanup_after)
     elif args.command == "cluster-down":
         cluster_down(STATE)
     else:

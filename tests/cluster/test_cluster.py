@@ -38,6 +38,7 @@ PIPELINE: list[str] = []
 # Columns that differ between two runs by design: wall-clock times, batch and run ids.
 RUN_SPECIFIC = {"ingested_at", "ingest_batch_id", "modified_ms", "run_id", "mlflow_run_id"}
 LOCAL_SHUFFLE, CLUSTER_SHUFFLE = 4, 8  # different partitionings on purpose
+CLEANUP_AFTER = 10  # seconds: the workers remove a finished application's folders this soon
 
 
 def free_port() -> int:
@@ -79,7 +80,8 @@ def test_the_packed_environment_carries_no_project_code(driver_python):
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     up = deploy.cluster_up(tmp_path_factory.mktemp("cluster"), workers=2, cores=1, memory="5g",
-                           master_port=free_port(), ui_port=free_port(), mlflow_port=free_port())
+                           master_port=free_port(), ui_port=free_port(), mlflow_port=free_port(),
+                           cleanup_after=CLEANUP_AFTER)
     yield up
     deploy.cluster_down(Path(up.state_dir))
     shutil.rmtree(up.state_dir, ignore_errors=True)  # executors' unpacked environments: GBs
@@ -215,6 +217,24 @@ def test_the_champions_load_from_the_tracking_server(cluster_run, cluster):
     finally:
         mlflow.set_tracking_uri(previous)
     assert not Path(settings.lake_root, "mlartifacts").exists()  # the server keeps them, not the lake
+
+
+def test_a_finished_application_leaves_no_unpacked_environment(cluster_run, cluster):
+    """Each executor of the pipeline's application unpacked the environment archive (about 5 GB)
+    into its worker's folder; the workers' cleanup removes those folders once it has ended, so
+    submissions do not pile up gigabytes (this suite's scratch once passed 45 GB)."""
+    state = Path(cluster.state_dir)
+
+    def left() -> list[str]:
+        return sorted(f"{w.name}/{app.name}" for w in state.glob("worker-*") for app in w.glob("app-*"))
+
+    deadline = time.monotonic() + 12 * CLEANUP_AFTER
+    while left() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not left(), f"application folders still there {12 * CLEANUP_AFTER}s after the run: {left()}"
+    removed = [line for log in (state / "logs").glob("worker-*.log") for line in log.read_text().splitlines()
+               if "Removing directory" in line and "/app-" in line]
+    assert len(removed) >= 2, "the workers logged no removal of the application's folders"
 
 
 def _json(url: str):
