@@ -99,8 +99,10 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
 
     start = gold.lookback_start(as_of, cfg.lookback_days)
     period_start = gold.lookback_start(as_of, cfg.period_days)
-    # Features, Q and E all read the lookback window: scan it once.
-    lookback = gold.window(silver, start, as_of).persist(StorageLevel.MEMORY_AND_DISK)
+    # Features, Q and E all read the lookback window: scan it once, kept on local disk. Kept in
+    # memory as well, building its blocks ran a 640 MB driver out of heap at 10^7 events (as a
+    # 4 GB one ran out at 10^8); on disk it is as fast at 10^7, and faster than no cache.
+    lookback = gold.window(silver, start, as_of).persist(StorageLevel.DISK_ONLY)
     period = gold.window(lookback, period_start, as_of)
     history = lake.read(spark, settings, USER_PLATFORM_DAILY)
     as_of_slice = f"as_of_date = DATE'{as_of.isoformat()}'"
