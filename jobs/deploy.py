@@ -175,12 +175,14 @@ def cluster_up(state_dir: Path = STATE, workers: int = 2, cores: int = 1, memory
                cleanup_after: int = 600) -> Cluster:
     """Start a master, ``workers`` workers and an MLflow tracking server, all on 127.0.0.1.
 
-    Every executor unpacks the environment archive (about 5 GB) into its worker's work folder,
-    which Spark keeps after the application ends. The workers' periodic cleanup removes the
-    folders of finished applications ``cleanup_after`` seconds after their last write."""
+    Every executor unpacks the environment archive (3 GB, 5 GB unpacked) into its worker's
+    work folder, next to its logs, and Spark keeps them after the application ends. The workers'
+    cleanup removes a finished application's folders (logs too) once nothing in them has been
+    written for ``cleanup_after`` seconds; it looks every minute, or as often as that."""
     running = Cluster.load(state_dir)
     if running and running.alive_workers():
-        print(f"a cluster is already up at {running.master} (make cluster-down stops it)")
+        print(f"a cluster is already up at {running.master}, with the settings it was started with "
+              "(make cluster-down stops it)")
         return running
     if running:  # a half-dead earlier start: stop what is left of it first
         cluster_down(state_dir)
@@ -190,7 +192,7 @@ def cluster_up(state_dir: Path = STATE, workers: int = 2, cores: int = 1, memory
     env = {**os.environ, "SPARK_HOME": str(spark_home()), "SPARK_LOCAL_IP": "127.0.0.1",
            "SPARK_LOG_DIR": str(state / "logs"), "SPARK_LOCAL_DIRS": str(state.resolve() / "local"),
            "SPARK_WORKER_OPTS": f"{os.environ.get('SPARK_WORKER_OPTS', '')} -Dspark.worker.cleanup.enabled=true"
-                                f" -Dspark.worker.cleanup.interval={cleanup_after}"
+                                f" -Dspark.worker.cleanup.interval={min(cleanup_after, 60)}"
                                 f" -Dspark.worker.cleanup.appDataTtl={cleanup_after}".strip()}
     spark_class = str(spark_home() / "bin" / "spark-class")
     cluster = Cluster(str(state), master_port, ui_port, mlflow_port, {})
@@ -253,6 +255,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _seconds(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds, 1 or more")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.deploy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -267,9 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--master-port", type=int, default=7077)
     up.add_argument("--ui-port", type=int, default=8080)
     up.add_argument("--mlflow-port", type=int, default=5000)
-    up.add_argument("--cleanup-after", type=int, default=600, metavar="SECONDS",
-                    help="delete a finished application's work folders (its unpacked environment, about "
-                         "5 GB per executor) this long after their last write (default: %(default)s)")
+    up.add_argument("--cleanup-after", type=_seconds, default=600, metavar="SECONDS",
+                    help="delete a finished application's work folders (its unpacked environment, 5 GB "
+                         "per executor, and its executor logs) this long after their last write "
+                         "(default: %(default)s)")
     sub.add_parser("cluster-down", help="stop the cluster and the MLflow server")
     cmd = sub.add_parser("submit-command", help="print the spark-submit line of a job for the local cluster")
     cmd.add_argument("job", nargs=argparse.REMAINDER, help="JOB [job options], e.g. pipeline --env cluster")

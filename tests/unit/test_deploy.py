@@ -1,0 +1,44 @@
+"""jobs.deploy's cluster start-up, without starting anything: the workers' cleanup settings and
+the --cleanup-after check. The real cluster is exercised by tests/cluster (make test-slow)."""
+from __future__ import annotations
+
+import pytest
+
+from jobs import deploy
+
+
+def _started(monkeypatch, tmp_path, **kwargs) -> dict[str, dict]:
+    started: dict[str, dict] = {}
+
+    def fake_start(name, argv, state, env):
+        started[name] = {"argv": argv, "env": env}
+        return 0
+
+    monkeypatch.setattr(deploy, "_start", fake_start)
+    monkeypatch.setattr(deploy, "_wait", lambda *a, **k: None)
+    deploy.cluster_up(tmp_path, workers=2, **kwargs)
+    return started
+
+
+def test_workers_clean_up_finished_applications_and_keep_the_users_options(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPARK_WORKER_OPTS", "-Dspark.worker.ui.retainedExecutors=5")
+    started = _started(monkeypatch, tmp_path, cleanup_after=600)
+    assert set(started) == {"master", "worker-1", "worker-2", "mlflow"}
+    opts = started["worker-1"]["env"]["SPARK_WORKER_OPTS"].split()
+    assert opts == ["-Dspark.worker.ui.retainedExecutors=5", "-Dspark.worker.cleanup.enabled=true",
+                    "-Dspark.worker.cleanup.interval=60", "-Dspark.worker.cleanup.appDataTtl=600"]
+
+
+def test_a_short_cleanup_delay_is_also_the_interval(monkeypatch, tmp_path):
+    monkeypatch.delenv("SPARK_WORKER_OPTS", raising=False)
+    opts = _started(monkeypatch, tmp_path, cleanup_after=10)["worker-2"]["env"]["SPARK_WORKER_OPTS"]
+    assert opts == ("-Dspark.worker.cleanup.enabled=true -Dspark.worker.cleanup.interval=10 "
+                    "-Dspark.worker.cleanup.appDataTtl=10")
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "ten"])
+def test_cleanup_after_must_be_a_positive_number_of_seconds(value, capsys):
+    with pytest.raises(SystemExit) as stop:
+        deploy.main(["cluster-up", "--cleanup-after", value])
+    assert stop.value.code == 2
+    assert f"argument --cleanup-after: {value!r} is not a whole number of seconds" in capsys.readouterr().err
