@@ -99,9 +99,9 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
 
     start = gold.lookback_start(as_of, cfg.lookback_days)
     period_start = gold.lookback_start(as_of, cfg.period_days)
-    # Features, Q and E all read the lookback window: scan it once, kept on local disk. Kept in
-    # memory as well, building its blocks ran a 640 MB driver out of heap at 10^7 events (as a
-    # 4 GB one ran out at 10^8); on disk it is as fast at 10^7, and faster than no cache.
+    # Features, Q and E all read the lookback window: scan it once, cached on local disk. Cached
+    # in memory too, its blocks ran a 640 MB driver out of heap at 10^7 events (the 4 GB driver's
+    # out-of-heap at 10^8 may have the same cause); on disk it is as fast, and faster than no cache.
     lookback = gold.window(silver, start, as_of).persist(StorageLevel.DISK_ONLY)
     period = gold.window(lookback, period_start, as_of)
     history = lake.read(spark, settings, USER_PLATFORM_DAILY)
