@@ -87,12 +87,13 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, force: bo
     frames = gen.build(spark, cfg)
     events = frames["events"].cache()
     accounts = frames["accounts"].cache()
-    defects = []
+    defects, cached = [], [events, accounts]
     for model in gen.PLATFORM_MODELS:
         name = model.name
         fmt = mappings[name].format
         plat = gen.with_defects(cfg, name, events.where(F.col("platform") == name))
         plat = plat.cache()
+        cached.append(plat)
         header = ",".join(gen.TINGSHU_COLUMNS) if name == "tingshu" else None
         files = _write_files(spark, gen.export_events(cfg, name, plat), fmt, f"{raw}/{name}/events", header)
         defects.append(plat.where(F.col("defect").isNotNull() & (F.col("copy") == 0))
@@ -119,8 +120,8 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, force: bo
     summary.count("defects planted", lake.read(spark, settings, TRUTH_DEFECTS).count())
 
     lake.write_text(spark, stamp_path, _stamp(settings))
-    events.unpersist()
-    accounts.unpersist()
+    for df in cached:  # the defects table above still read them; a pipeline's later stages share the session
+        df.unpersist()
     summary.note(f"raw exports in {raw}")
     return summary
 

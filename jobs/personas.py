@@ -177,8 +177,8 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
     ari = against_truth(spark, settings, assigned)
     if ari is not None:
         summary.note(f"evaluation: adjusted Rand index vs planted personas {ari:.3f} (truth is not used by the job)")
-    data.unpersist()
-    assigned.unpersist()
+    for df in (flat, data, assigned):
+        df.unpersist()
     return summary
 
 

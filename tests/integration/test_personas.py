@@ -11,6 +11,7 @@ from pyspark.sql import functions as F
 from jobs import aggregate, lake, personas
 from jobs.cli import Summary
 from ml import personas as P
+from tests.conftest import persisted_rdds
 from transforms.schemas import PERSONA_PROFILES, PERSONA_TRANSITIONS, USER_FEATURES, USER_PERSONAS
 
 FIRST, AS_OF = dt.date(2026, 6, 20), dt.date(2026, 6, 30)
@@ -22,7 +23,12 @@ def at(settings, as_of):
 
 
 @pytest.fixture(scope="module")
-def runs(spark, small_lake):
+def cached_before(spark, small_lake):
+    return persisted_rdds(spark)
+
+
+@pytest.fixture(scope="module")
+def runs(spark, small_lake, cached_before):
     settings, _ = small_lake
     for as_of in (FIRST, AS_OF):  # gold exists when test_gold ran before; build it otherwise
         if not lake.exists(spark, settings, USER_FEATURES) or \
@@ -35,6 +41,12 @@ def runs(spark, small_lake):
 
 def slice_of(spark, settings, table, as_of=AS_OF):
     return lake.read(spark, settings, table).where(F.col("as_of_date") == F.lit(as_of))
+
+
+def test_the_runs_leave_nothing_cached(spark, runs, cached_before):
+    # First in the module, right after the runs. The session outlives a job (make run, the
+    # bench run every stage in one), and the K-means input once stayed cached.
+    assert {i: n for i, n in persisted_rdds(spark).items() if i not in cached_before} == {}
 
 
 def test_every_user_gets_exactly_one_persona(spark, runs):
