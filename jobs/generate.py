@@ -120,7 +120,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, force: bo
     summary.count("defects planted", lake.read(spark, settings, TRUTH_DEFECTS).count())
 
     lake.write_text(spark, stamp_path, _stamp(settings))
-    for df in cached:  # the defects table above still read them; a pipeline's later stages share the session
+    for df in reversed(cached):  # the truth tables above still read them; later stages share the session
         df.unpersist()
     summary.note(f"raw exports in {raw}")
     return summary

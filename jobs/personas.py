@@ -177,7 +177,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
     ari = against_truth(spark, settings, assigned)
     if ari is not None:
         summary.note(f"evaluation: adjusted Rand index vs planted personas {ari:.3f} (truth is not used by the job)")
-    for df in (flat, data, assigned):
+    for df in (assigned, data, flat):
         df.unpersist()
     return summary
 

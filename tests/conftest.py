@@ -36,10 +36,10 @@ def make_settings(lake_root, *overrides: str) -> Settings:
 
 
 def persisted_rdds(spark) -> dict[int, str]:
-    """The RDDs our code keeps cached in the session (DataFrame caches included), by id and
-    name: a job that returns must have released its own, since a pipeline or the bench runs
-    every stage in one session. Delta's own snapshot caches ("Delta Table State #v - path"),
-    which Delta evicts itself, are left out."""
+    """The RDDs kept cached in the session (DataFrame caches included), by id and name, for
+    checking that a job released what it cached: a pipeline or the bench runs every stage in
+    one session. Delta's own snapshot caches ("Delta Table State #v - path"), which Delta
+    evicts itself, are left out."""
     rdds = spark.sparkContext._jsc.getPersistentRDDs()
     named = {int(i): str(rdds[i].name()) for i in rdds.keySet()}
     return {i: n for i, n in named.items() if not n.startswith("Delta Table State")}

@@ -181,10 +181,10 @@ def test_an_account_bridging_two_people_rekeys_their_events(spark, run):
 
 
 def test_generate_leaves_nothing_cached(spark, small_lake, tmp_path):
-    # Its per-platform caches once stayed behind until a garbage collection let Spark drop them
-    # (at 10^8 events the block manager still held 18 GB during the next stage). Another seed,
-    # so that no plan is already cached by the shared lake.
+    # Its per-platform caches once stayed cached for the rest of the session (the bench and
+    # make run share one), in memory and on local disk. Another seed, so that no plan is
+    # already cached by the shared lake.
     other = make_settings(tmp_path / "lake", *SMALL, "generate.seed=8", "generate.sessions=500")
     before = persisted_rdds(spark)
     generate.execute(spark, other, Summary("generate"))
-    assert persisted_rdds(spark) == before
+    assert {i: n for i, n in persisted_rdds(spark).items() if i not in before} == {}

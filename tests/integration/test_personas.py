@@ -44,8 +44,9 @@ def slice_of(spark, settings, table, as_of=AS_OF):
 
 
 def test_the_runs_leave_nothing_cached(spark, runs, cached_before):
-    # First in the module, right after the runs. The session outlives a job (make run, the
-    # bench run every stage in one), and the K-means input once stayed cached.
+    # First in the module, right after the runs (and the aggregate runs, when they built gold).
+    # The session outlives a job (make run, the bench run every stage in one), and the K-means
+    # input once stayed cached.
     assert {i: n for i, n in persisted_rdds(spark).items() if i not in cached_before} == {}
 
 
