@@ -19,6 +19,11 @@ from jobs.config import ConfigError, load_settings
 log = logging.getLogger("ipsynergy")
 
 
+class JobError(RuntimeError):
+    """A failure caused by the input or the configuration, not by a bug: its message names the
+    bad input and the fix, and the job prints it without a traceback and exits with status 1."""
+
+
 def _date(text: str) -> dt.date:
     try:
         return dt.date.fromisoformat(text)
@@ -33,9 +38,17 @@ def job_parser(prog: str, description: str) -> argparse.ArgumentParser:
                         help="configuration overlay conf/<env>.yaml over conf/base.yaml (local, cluster)")
     parser.add_argument("--as-of", type=_date, default=None, metavar="YYYY-MM-DD",
                         help="logical run date (default: as_of in the configuration)")
+    parser.add_argument("--platforms", default=None, metavar="DIR",
+                        help="folder of your platform mappings, one <platform>.yaml each (default: platforms_dir "
+                             "in the configuration, else the demo mappings in conf/platforms)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a configuration value, e.g. --set lake.root=/data/lake (repeatable)")
     return parser
+
+
+def overrides_of(args: argparse.Namespace) -> list[str]:
+    """The --set assignments, with --platforms as one more."""
+    return [*args.set, *([f"platforms_dir={args.platforms}"] if args.platforms else [])]
 
 
 @dataclass
@@ -85,14 +98,14 @@ def run_job(prog: str, description: str, argv: list[str] | None,
     from jobs.session import build_session
 
     try:
-        settings = load_settings(args.env, args.set, args.as_of)
+        settings = load_settings(args.env, overrides_of(args), args.as_of)
         spark = build_session(settings)
     except ConfigError as err:
         print(f"{prog}: {err}", file=sys.stderr)
         return 2
     try:
         summary = body(spark, settings, Summary(prog), **(options(args) if options else {}))
-    except FileNotFoundError as err:  # a missing input table or folder: say which, no traceback
+    except (FileNotFoundError, JobError, ConfigError) as err:  # the input or settings: say which, no traceback
         print(f"{prog}: {err}", file=sys.stderr)
         return 1
     text = summary.render()
@@ -100,6 +113,11 @@ def run_job(prog: str, description: str, argv: list[str] | None,
     log.info("%s finished", prog)
     return 0
 
+
+
+def as_of_given(args: argparse.Namespace) -> bool:
+    """Whether the run date was set (--as-of, or --set as_of=...) rather than left to the default."""
+    return args.as_of is not None or any(a.strip().startswith("as_of=") for a in args.set)
 
 
 def input_option(parser: argparse.ArgumentParser) -> None:

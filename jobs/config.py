@@ -5,6 +5,7 @@ A wrong key or value fails there, with the dotted key in the message.
 """
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 import os
 import zipfile
@@ -22,6 +23,9 @@ if "IPSYNERGY_CONF_DIR" in os.environ:
     CONF_DIR: Path | zipfile.Path = Path(os.environ["IPSYNERGY_CONF_DIR"])
 else:
     CONF_DIR = zipfile.Path(PROJECT_ROOT, "conf/") if PACKAGED else PROJECT_ROOT / "conf"
+# The demo platforms: what the generator writes and the demo pipeline reads. A user's own
+# mappings live in a folder of their own (platforms_dir, --platforms DIR).
+DEMO_PLATFORMS_DIR = CONF_DIR / "platforms"
 LAKE_ROOT_ENV = "IPSYNERGY_LAKE_ROOT"
 UNIFIED_EVENT_TYPES = (
     "impression", "click", "view", "play", "complete", "like", "comment",
@@ -79,6 +83,11 @@ class RefineSettings(_Strict):
     future_tolerance_hours: int = Field(24, ge=0)
     earliest_valid_date: dt.date = dt.date(2015, 1, 1)
     hmac_key_env: str = "IPSYNERGY_HMAC_KEY"
+    # Hashing identifiers with the public development key is refused unless the lake holds
+    # generated data (the generator's truth tables) or this is set.
+    allow_development_key: bool = False
+    # A batch with a larger share quarantined stops the pipeline before aggregate.
+    max_quarantine_share: float = Field(0.5, ge=0, le=1)
 
     @model_validator(mode="after")
     def _base_in_fx(self) -> "RefineSettings":
@@ -210,7 +219,9 @@ class Settings(_Strict):
     personas: PersonaSettings = PersonaSettings()
     mlflow: MlflowSettings = MlflowSettings()
     train: TrainSettings = TrainSettings()
-    # conf/platforms/*.yaml, validated with the rest (filled by load_settings).
+    # The folder of platform mappings (<name>.yaml each); null: the demo mappings in conf/platforms.
+    platforms_dir: str | None = None
+    # The mappings of platforms_dir, validated with the rest (filled by load_settings).
     platforms: dict[str, "PlatformMapping"] = {}
 
     # -- derived locations -------------------------------------------------
@@ -281,22 +292,38 @@ class TimestampSpec(_Strict):
 
 
 class SourceSpec(_Strict):
-    path: str
+    path: str = ""  # informational: the files are read from <input>/<platform>/events and /accounts
     reader: dict[str, str] = {}
     columns: list[str] | None = None  # CSV column order (the header)
     fields: dict[str, FieldSource]
+
+    @property
+    def separator(self) -> str:
+        """The CSV field separator (Spark's reader option sep, or its alias delimiter)."""
+        return self.reader.get("sep", self.reader.get("delimiter", ","))
 
 
 class EventSource(SourceSpec):
     timestamp: TimestampSpec
     amount_scale: int = Field(1, ge=1)
     progress_scale: float = Field(1.0, gt=0)
-    event_types: dict[str, Literal[UNIFIED_EVENT_TYPES]]  # type: ignore[valid-type]
+    # Source value -> unified type. A value that already is a unified type needs no entry.
+    event_types: dict[str, Literal[UNIFIED_EVENT_TYPES]] = {}  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _fields_known(self) -> "EventSource":
         _check_fields(self.fields, EVENT_FIELDS, required=("source_event_id", "account_id", "event_type", "event_ts"))
+        if "amount" in self.fields and "currency" not in self.fields:
+            raise ValueError("fields.amount needs fields.currency: a column, or a constant such as {const: CNY}")
+        if isinstance(self.fields.get("event_type"), Const) and self.fields["event_type"].const not in self.vocabulary:
+            raise ValueError(f"fields.event_type: the constant {self.fields['event_type'].const!r} is neither a "
+                             f"unified event type {list(UNIFIED_EVENT_TYPES)} nor a key of event_types")
         return self
+
+    @property
+    def vocabulary(self) -> dict[str, str]:
+        """Every source value this mapping understands: the unified names themselves, then event_types."""
+        return {**{t: t for t in UNIFIED_EVENT_TYPES}, **self.event_types}
 
 
 class AccountSource(SourceSpec):
@@ -309,19 +336,55 @@ class AccountSource(SourceSpec):
 class PlatformMapping(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     format: Literal["json", "csv", "parquet"]
+    # Text encoding of the csv / json files, by its Python codec name (utf-8, gb18030, gbk,
+    # utf-16, latin-1, cp1252, cp932 ...). A byte-order mark is stripped whatever the encoding.
+    encoding: str = "utf-8"
     events: EventSource
-    accounts: AccountSource
+    # Optional: without an account export every account is its own person.
+    accounts: AccountSource | None = None
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v: str) -> str:
+        try:
+            return codecs.lookup(v).name
+        except LookupError:
+            raise ValueError(f"unknown encoding {v!r} (e.g. utf-8, gb18030, gbk, utf-16, latin-1)") from None
+
+    @property
+    def charset(self) -> str:
+        """The encoding as Spark (Java) names it."""
+        return java_charset(self.encoding)
+
+    @property
+    def parts(self) -> dict[str, SourceSpec]:
+        """The exports this mapping describes, by the folder they sit in."""
+        return {"events": self.events, **({"accounts": self.accounts} if self.accounts else {})}
 
     @model_validator(mode="after")
     def _csv_has_columns(self) -> "PlatformMapping":
-        for part in (self.events, self.accounts):
+        for kind, part in self.parts.items():
             if self.format == "csv" and not part.columns:
-                raise ValueError(f"{part.path}: a csv mapping must list its columns (the header, in order)")
+                raise ValueError(f"{kind}: a csv mapping must list its columns (the header, in order)")
             if self.format == "csv":
                 missing = {v for v in part.fields.values() if isinstance(v, str)} - set(part.columns or [])
                 if missing:
-                    raise ValueError(f"{part.path}: fields refer to columns not in 'columns': {sorted(missing)}")
+                    raise ValueError(f"{kind}.fields refer to columns not in {kind}.columns: {sorted(missing)}")
         return self
+
+
+# Python codec names whose Java name differs (Java knows the rest under the Python name).
+_JAVA_CHARSETS = {"utf-8": "UTF-8", "utf-8-sig": "UTF-8", "cp932": "windows-31j", "cp949": "x-windows-949",
+                  "mac-roman": "x-MacRoman", "utf-16": "UTF-16", "utf-16-le": "UTF-16LE", "utf-16-be": "UTF-16BE",
+                  "utf-32": "UTF-32", "utf-32-le": "UTF-32LE", "utf-32-be": "UTF-32BE", "iso8859-1": "ISO-8859-1",
+                  "cp1252": "windows-1252", "ascii": "US-ASCII", "euc_jp": "EUC-JP", "euc_kr": "EUC-KR",
+                  "shift_jis": "Shift_JIS", "big5": "Big5", "gb2312": "GB2312", "gbk": "GBK", "gb18030": "GB18030"}
+
+
+def java_charset(encoding: str) -> str:
+    """The Java charset name of a Python codec name (what Spark's decode() takes)."""
+    name = codecs.lookup(encoding).name
+    return _JAVA_CHARSETS.get(name, name)
 
 
 def _check_fields(fields: dict, allowed: tuple[str, ...], required: tuple[str, ...]) -> None:
@@ -375,7 +438,8 @@ def _describe(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration ({source}):"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
-        lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+        # a check of the whole file (no key) would echo all of it
+        lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})" if key else f"  {e['msg']}")
     return "\n".join(lines)
 
 
@@ -390,7 +454,7 @@ def load_settings(env: str = "local", overrides: list[str] | tuple[str, ...] = (
     for assignment in overrides:
         data = _apply_set(data, assignment)
     data["env"] = env
-    data["platforms"] = load_platforms()
+    data["platforms"] = load_platforms(platforms_folder(data.get("platforms_dir")))
     if as_of is not None:
         data["as_of"] = as_of
     try:
@@ -399,15 +463,27 @@ def load_settings(env: str = "local", overrides: list[str] | tuple[str, ...] = (
         raise ConfigError(_describe(err, f"conf/base.yaml + conf/{env}.yaml + --set")) from None
 
 
+def platforms_folder(location: str | None) -> Path | zipfile.Path:
+    """The mappings folder: ``location`` (relative to the working directory), else the demo one."""
+    if not location:
+        return DEMO_PLATFORMS_DIR
+    folder = Path(location).expanduser().resolve()
+    if not folder.is_dir():
+        raise ConfigError(f"platforms_dir {location!r}: no such folder (it should hold one <platform>.yaml "
+                          f"mapping per platform; see README 'Use your own data')")
+    return folder
+
+
 def load_platforms(directory: Path | zipfile.Path | None = None) -> dict[str, PlatformMapping]:
-    """Every conf/platforms/*.yaml, validated; the file name must match its ``name``."""
-    directory = directory or CONF_DIR / "platforms"
+    """Every <name>.yaml of the folder (default: the demo mappings), validated; the file name
+    must match its ``name``."""
+    directory = directory or DEMO_PLATFORMS_DIR
     mappings: dict[str, PlatformMapping] = {}
     for path in _yaml_files(directory):
         try:
             mapping = PlatformMapping.model_validate(_read_yaml(path))
         except ValidationError as err:
-            shown = f"conf/platforms/{path.name}" if directory == CONF_DIR / "platforms" else str(path)
+            shown = f"conf/platforms/{path.name}" if directory == DEMO_PLATFORMS_DIR else str(path)
             raise ConfigError(_describe(err, shown)) from None
         if mapping.name != path.stem:
             raise ConfigError(f"{path.name}: name {mapping.name!r} must equal the file name {path.stem!r}")

@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 
 from jobs import lake
 from jobs.cli import Summary, run_job
-from jobs.config import Settings
+from jobs.config import Settings, load_platforms
 from transforms import generate as gen
 from transforms.schemas import TRUTH_ACCOUNTS, TRUTH_CREATORS, TRUTH_DEFECTS, TRUTH_PLATFORMS, select_contract
 
@@ -79,7 +79,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, force: bo
             return summary
         raise SystemExit(f"generate: {raw} holds data generated with other settings; "
                          f"use another lake.raw, delete it, or pass --force to overwrite")
-    mappings = settings.platforms
+    mappings = load_platforms()  # the demo platforms, whatever folder the user's mappings are in
     missing = [m.name for m in gen.PLATFORM_MODELS if m.name not in mappings]
     if missing:
         raise SystemExit(f"generate: the generator writes platforms {missing} but conf/platforms has no mapping for them")

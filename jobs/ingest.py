@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 from jobs import lake
 from jobs.cli import Summary, input_option, input_value, run_job
 from jobs.config import PlatformMapping, Settings
-from transforms.ingest import parquet_records, to_bronze, unreadable_files
+from transforms.ingest import decoded, parquet_records, to_bronze, unreadable_files, whole_file_lines
 from transforms.schemas import ACCOUNTS_RAW, EVENTS_RAW, INGEST_MANIFEST, select_contract
 
 log = logging.getLogger(__name__)
@@ -61,13 +61,18 @@ def list_files(spark: SparkSession, root: str) -> list[tuple[str, str, str, int,
     return sorted(found)
 
 
-def _read(spark: SparkSession, files: list[str], fmt: str) -> DataFrame:
-    """The files' records as (``value``, source_file, block_start): text lines, or Parquet
-    rows as JSON (see :func:`_read_parquet`)."""
+def read_records(spark: SparkSession, files: list[str], fmt: str, charset: str = "UTF-8") -> DataFrame:
+    """The files' records as (``value``, source_file, block_start): text lines decoded from
+    ``charset`` (a Java name, PlatformMapping.charset), or Parquet rows as JSON (see
+    :func:`_read_parquet`). UTF-16 and UTF-32 files are read whole (their line breaks are two or
+    four bytes), any other encoding line by line."""
     meta = [F.col("_metadata.file_path").alias("source_file"), F.col("_metadata.file_block_start").alias("block_start")]
     if fmt == "parquet":
         return _read_parquet(spark, files, meta)
-    return spark.read.text(files).select("value", *meta)
+    if charset.upper().startswith(("UTF-16", "UTF-32")):
+        whole = spark.read.format("binaryFile").load(files).select("content", meta[0])
+        return whole_file_lines(whole, charset)
+    return decoded(spark.read.text(files).select("value", *meta), charset)
 
 
 def _read_parquet(spark: SparkSession, files: list[str], meta: list) -> DataFrame:
@@ -129,16 +134,18 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, input_roo
         for platform in sorted({f[0] for f in new if f[1] == kind}):
             files = [f[2] for f in new if f[0] == platform and f[1] == kind]
             mapping: PlatformMapping | None = mappings.get(platform)
-            if mapping is None:
-                log.warning("ingest: %s has no mapping in conf/platforms; its %d file(s) go to bronze as text "
-                            "and will be quarantined as unknown_platform", platform, len(files))
-                fmt, header = "text", None
+            part = mapping.parts.get(kind) if mapping else None
+            if part is None:
+                where = (f"no mapping in {settings.platforms_dir or 'conf/platforms'}" if mapping is None
+                         else f"no '{kind}:' block in its mapping")
+                log.warning("ingest: %s has %s; its %d %s file(s) go to bronze as text and will be quarantined "
+                            "as unknown_platform", platform, where, len(files), kind)
+                fmt, header, charset = "text", None, "UTF-8"
             else:
-                fmt = mapping.format
-                part = mapping.events if kind == "events" else mapping.accounts
-                header = ",".join(part.columns) if fmt == "csv" and part.columns else None
-            log.info("ingest: reading %d %s file(s) of %s (%s)", len(files), kind, platform, fmt)
-            frames.append(to_bronze(_read(spark, files, fmt if fmt == "parquet" else "text"), platform, fmt,
+                fmt, charset = mapping.format, mapping.charset
+                header = part.separator.join(part.columns) if fmt == "csv" and part.columns else None
+            log.info("ingest: reading %d %s file(s) of %s (%s, %s)", len(files), kind, platform, fmt, charset)
+            frames.append(to_bronze(read_records(spark, files, fmt, charset), platform, fmt,
                                     batch_id, ingested_at, header, partitions=len(files)))
         if not frames:
             continue
@@ -149,10 +156,14 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, input_roo
         # than memory, and unrolling it into memory competed with the line-numbering sort for
         # the heap (10^8 events ran the local driver out of memory).
         batch = batch.persist(StorageLevel.DISK_ONLY)
-        per_file = {r.source_file: r.n for r in batch.groupBy("source_file").agg(F.count("*").alias("n")).collect()}
+        stats = batch.groupBy("source_file").agg(F.count("*").alias("n"), F.max("source_position").alias("last")).collect()
+        per_file = {r.source_file: r.n for r in stats}
+        skipped = sum(r.last - r.n for r in stats if r.last)
         version, inserted = lake.merge_insert(spark, settings, table, batch)
         summary.count(f"{kind} records read", sum(per_file.values()))
         summary.count(f"{kind} rows new in bronze", inserted)
+        if skipped:
+            summary.count(f"{kind} blank/header lines", skipped)
         summary.table(table.qualified, version)
         batch.unpersist()
         for platform, k, path, size, mtime in new:

@@ -79,6 +79,11 @@ def session_conf(settings: Settings, submitted: dict[str, str] | None = None) ->
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
+        # Exports come in GB18030, GBK, Latin-1 ...: decode() may use any Java charset (not only
+        # the seven Unicode/ASCII ones of Spark 4), and a byte it cannot decode becomes U+FFFD,
+        # which refine quarantines as bad_encoding, instead of failing the whole batch.
+        "spark.sql.legacy.javaCharsets": "true",
+        "spark.sql.legacy.codingErrorAction": "true",
         # Arrow moves data between the JVM and pandas (sampling, scoring).
         "spark.sql.execution.arrow.pyspark.enabled": "true",
     }

@@ -2,7 +2,7 @@
 
     spark-submit [spark options] --py-files dist/ipsynergy.zip dist/submit.py JOB [job options]
 
-JOB is one of: generate, ingest, refine, aggregate, personas, train, score, pipeline. The job
+JOB is one of: check, generate, ingest, refine, aggregate, personas, train, score, pipeline. The job
 options are those of ``python -m jobs.JOB --help`` (e.g. --env cluster --as-of 2026-06-30
 --set lake.root=hdfs:///ipsynergy/lake). `make package` copies this file to dist/; see the
 README, "Running on a cluster".
@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-JOBS = ("generate", "ingest", "refine", "aggregate", "personas", "train", "score", "pipeline")
+JOBS = ("check", "generate", "ingest", "refine", "aggregate", "personas", "train", "score", "pipeline")
 
 
 def main(argv: list[str] | None = None) -> int:

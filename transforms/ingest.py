@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from transforms.schemas import EVENTS_RAW, select_contract
@@ -21,10 +21,38 @@ def parquet_records(df: DataFrame) -> DataFrame:
                      *META)
 
 
+def decoded(lines: DataFrame, charset: str) -> DataFrame:
+    """Text lines read byte for byte (Spark's text reader does not decode) as text in
+    ``charset`` (a Java name); UTF-8 lines stay as they are, so refine can still tell bad
+    UTF-8 apart."""
+    if charset.upper() == "UTF-8":
+        return lines
+    return lines.withColumn("value", F.decode(F.col("value").cast("binary"), charset))
+
+
+def whole_file_lines(files: DataFrame, charset: str) -> DataFrame:
+    """Files read whole (``content`` bytes and ``source_file``) as (``value``, source_file,
+    block_start) lines: for encodings such as UTF-16, whose line breaks are not the byte
+    0x0A and which a line reader would cut mid-character. ``block_start`` is the line's
+    index, so the numbering in :func:`to_bronze` follows the file."""
+    text = F.decode(F.col("content"), charset)
+    return (files.select("source_file", F.posexplode(F.split(text, "\r?\n")).alias("block_start", "value"))
+                 .select("value", "source_file", F.col("block_start").cast("long")))
+
+
 def unreadable_files(spark, files: list[str]) -> DataFrame:
     """(value = NULL, source_file, block_start = -1) for files that could not be read at all:
     one bronze row each, at source_position 0, with raw_format ``unreadable``."""
     return spark.createDataFrame([(None, f, -1) for f in files], "value string, source_file string, block_start long")
+
+
+def header_text(line: Column) -> Column:
+    """A CSV line reduced for comparison with the mapping's header: lower case, no spaces or quotes."""
+    return F.lower(F.regexp_replace(line, "[\\s\"']", ""))
+
+
+def header_text_of(header: str) -> str:
+    return "".join(c for c in header.lower() if not c.isspace() and c not in "\"'")
 
 
 def to_bronze(raw: DataFrame, platform: str, raw_format: str, batch_id: str, ingested_at: dt.datetime,
@@ -35,8 +63,9 @@ def to_bronze(raw: DataFrame, platform: str, raw_format: str, batch_id: str, ing
     metadata) and ``value``: a text line, or a Parquet row as JSON (:func:`parquet_records`).
     ``source_position`` is the 1-based line (or row) number within the file; a row with
     ``block_start`` -1 stands for an unreadable file (:func:`unreadable_files`) and gets
-    position 0. A CSV header line equal to the mapping's header (ignoring a UTF-8 byte-order
-    mark) is not a record and is left out.
+    position 0. A byte-order mark is stripped. Blank lines, and a first line that is the
+    mapping's CSV header (ignoring case, spaces and quotes), are not records and are left out;
+    positions still count them, so they name the file's own line numbers.
 
     Numbering sorts each file's rows in one task. ``partitions`` (the job passes the number of
     files) spreads the files over that many tasks; left to the shuffle default, a handful of
@@ -44,15 +73,17 @@ def to_bronze(raw: DataFrame, platform: str, raw_format: str, batch_id: str, ing
     """
     order = Window.partitionBy("source_file").orderBy("block_start", "row_in_split")
     unreadable = F.col("block_start") < 0
+    bom = F.col("value").startswith("\uFEFF")
     df = (raw.withColumn("row_in_split", F.monotonically_increasing_id())
-             .select("source_file", "block_start", "row_in_split", F.col("value").alias("raw")))
+             .select("source_file", "block_start", "row_in_split",
+                     F.when(bom, F.expr("substring(value, 2)")).otherwise(F.col("value")).alias("raw")))
     if partitions:
         df = df.repartition(partitions, "source_file")  # the window below keeps this partitioning
     df = (df.withColumn("source_position", F.when(unreadable, F.lit(0))
                                              .otherwise(F.row_number().over(order)).cast("long")))
+    df = df.where(unreadable | (F.btrim(F.col("raw"), F.lit(" \t\r\n")) != F.lit("")))
     if csv_header is not None:
-        line = F.trim(F.regexp_replace(F.col("raw"), "^\uFEFF", ""))
-        df = df.where(~((F.col("source_position") == 1) & (line == F.lit(csv_header))))
+        df = df.where(~((F.col("source_position") == 1) & (header_text(F.col("raw")) == F.lit(header_text_of(csv_header)))))
     return select_contract(
         df.withColumn("platform", F.lit(platform))
           .withColumn("raw_format", F.when(unreadable, F.lit(UNREADABLE)).otherwise(F.lit(raw_format)))

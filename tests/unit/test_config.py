@@ -79,7 +79,7 @@ def test_mapping_rejects_unknown_event_type_target():
 
 
 def test_mapping_csv_fields_must_be_columns():
-    with pytest.raises(ValueError, match=r"columns not in 'columns': \['when'\]"):
+    with pytest.raises(ValueError, match=r"events\.fields refer to columns not in events\.columns: \['when'\]"):
         PlatformMapping.model_validate(_mapping(columns=["id", "who", "what"]))
 
 
@@ -143,3 +143,46 @@ def test_sweep_entries_are_validated_like_the_network_settings():
         load_settings("local", ["train.sweep=[{loss: mse}]"])
     nets = load_settings("local", ["train.sweep=[{hidden: [8]}, {loss: tweedie}]"]).train.sweep_nets()
     assert [(n.hidden, n.loss) for n in nets] == [((8,), "ziln"), ((64, 32), "tweedie")]
+
+
+def test_the_mlflow_ui_reads_the_same_settings_as_the_jobs(tmp_path, monkeypatch):
+    from jobs.tracking import ui_command
+
+    monkeypatch.delenv("IPSYNERGY_LAKE_ROOT", raising=False)
+    command = ui_command(load_settings("local", [f"lake.root={tmp_path}/mine"]), 5001)
+    assert command[1:] == ["-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{tmp_path}/mine/mlflow.db", "--host", "127.0.0.1",
+                           "--port", "5001"]
+    assert ui_command(load_settings("local", ["mlflow.tracking_uri=http://127.0.0.1:5000"]), 5001) is None
+
+
+def test_a_users_platforms_folder_replaces_the_demo_mappings(tmp_path):
+    import yaml
+
+    (tmp_path / "shop.yaml").write_text(yaml.safe_dump({
+        "name": "shop", "format": "csv", "encoding": "GBK",
+        "events": {"columns": ["id", "who", "day", "usd"],
+                   "fields": {"source_event_id": "id", "account_id": "who", "event_ts": "day", "amount": "usd",
+                              "event_type": {"const": "purchase"}, "currency": {"const": "USD"}},
+                   "timestamp": {"format": "yyyyMMdd"}}}))
+    s = load_settings("local", [f"platforms_dir={tmp_path}"])
+    assert sorted(s.platforms) == ["shop"]  # no demo platform
+    shop = s.platforms["shop"]
+    assert shop.accounts is None and list(shop.parts) == ["events"] and shop.encoding == "gbk"
+    assert shop.events.vocabulary["purchase"] == "purchase"  # unified names need no event_types entry
+    with pytest.raises(ConfigError, match="platforms_dir '/nowhere': no such folder"):
+        load_settings("local", ["platforms_dir=/nowhere"])
+
+
+def test_mapping_constants_and_encodings_are_checked():
+    with pytest.raises(ValueError, match=r"fields\.event_type: the constant 'buy' is neither a unified event type"):
+        PlatformMapping.model_validate(_mapping(fields={"source_event_id": "id", "account_id": "who",
+                                                        "event_type": {"const": "buy"}, "event_ts": "when"}))
+    bad = {**_mapping(), "encoding": "klingon-8"}
+    with pytest.raises(ValueError, match="unknown encoding 'klingon-8'"):
+        PlatformMapping.model_validate(bad)
+
+
+def test_an_amount_needs_a_currency():
+    with pytest.raises(ValueError, match=r"fields\.amount needs fields\.currency"):
+        PlatformMapping.model_validate(_mapping(fields={"source_event_id": "id", "account_id": "who",
+                                                        "event_type": "what", "event_ts": "when", "amount": "id"}))
