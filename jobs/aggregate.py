@@ -78,7 +78,9 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
     silver_version = lake.version(spark, settings, EVENTS)
     # One pinned snapshot for the whole run: a refine committing meanwhile cannot mix in.
     silver = lake.read(spark, settings, EVENTS, as_of_version=silver_version)
-    platforms = sorted(settings.platforms)
+    # The platforms the data has, not every mapping in the folder: a user's lake never shows a
+    # platform it holds nothing of.
+    platforms = gold.platforms_in(silver)
 
     dates, horizon, full = plan_daily(spark, settings, silver, silver_version)
     summary.note(f"silver.events version {silver_version}; daily dates recomputed: {len(dates)}"

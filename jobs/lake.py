@@ -207,6 +207,14 @@ def update_from(spark: SparkSession, settings: Settings, table: Table, df: DataF
     return version(spark, settings, table)
 
 
+def delete_keys(spark: SparkSession, settings: Settings, table: Table, keys: DataFrame) -> int:
+    """Delete the rows whose keys are in ``keys`` (one MERGE; deleting again deletes nothing)."""
+    cond = " AND ".join(f"t.{k} = s.{k}" for k in table.keys)
+    with_retry(table, "MERGE (delete keys)", lambda: DeltaTable.forPath(spark, path_of(settings, table)).alias("t")
+               .merge(keys.select(*table.keys).distinct().alias("s"), cond).whenMatchedDelete().execute())
+    return version(spark, settings, table)
+
+
 def delete_where(spark: SparkSession, settings: Settings, table: Table, condition: str) -> int:
     """Delete the rows matching ``condition`` (e.g. to withdraw a bad delivery before a replay)."""
     with_retry(table, "DELETE", lambda: DeltaTable.forPath(spark, path_of(settings, table)).delete(condition))

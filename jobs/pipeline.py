@@ -3,15 +3,20 @@
 
 This is what `make run` calls. Each stage prints its own summary; the pipeline ends with
 the table list and row counts.
+
+With --input (your own exports) and no --as-of, the run date follows the data: the latest
+event date among the records that pass refine's checks (a far tail, such as a few records
+dated 2099, is ignored). It is printed, and every stage of the run uses it.
 """
 from __future__ import annotations
 
+import re
 import sys
 
 from pyspark.sql import SparkSession
 
 from jobs import aggregate, generate, ingest, lake, personas, refine, score, train
-from jobs.cli import Summary, input_option, input_value, run_job
+from jobs.cli import Summary, as_of_given, input_option, input_value, run_job
 from jobs.config import Settings
 from transforms import schemas
 
@@ -22,19 +27,39 @@ TABLES = (schemas.EVENTS_RAW, schemas.ACCOUNTS_RAW, schemas.EVENTS, schemas.QUAR
           schemas.USER_REVENUE_SCORES, schemas.SYNERGY_SCORES, schemas.REVENUE_METRICS)
 
 
-def execute(spark: SparkSession, settings: Settings, summary: Summary, input_root: str | None = None) -> Summary:
+SKIPPED = re.compile(r"\bskipped\b|\bleft out\b")
+
+
+def execute(spark: SparkSession, settings: Settings, summary: Summary, input_root: str | None = None,
+            as_of_given: bool = True) -> Summary:
     stages = [] if input_root else [("generate", generate.execute, {})]
     stages += [("ingest", ingest.execute, {"input_root": input_root}), ("refine", refine.execute, {}),
                ("aggregate", aggregate.execute, {}), ("personas", personas.execute, {}),
                ("train", train.execute, {}), ("score", score.execute, {})]
+    skipped: list[str] = []
     for name, body, opts in stages:
+        if name == "refine" and input_root and not as_of_given:
+            found = refine.data_as_of(spark, settings)
+            if found is not None:
+                settings = settings.model_copy(update={"as_of": found})
+                summary.note(f"run date {found} (the data's latest event date; --as-of sets another)")
+                print(f"pipeline: run date {found}, the latest event date in the data (--as-of sets another)",
+                      flush=True)
+            else:  # refine's summary says why nothing passes
+                print(f"pipeline: no event passes refine's checks, so the run date stays {settings.as_of}", flush=True)
         last = body(spark, settings, Summary(f"pipeline/{name}"), **opts)
         print(last.render(), flush=True)
+        # What a stage left out, and why, is repeated at the end: it shapes what the run produced.
+        skipped += [f"{name}: {n.strip()}" for n in last.notes if SKIPPED.search(n)]
     for table in TABLES:
         if lake.exists(spark, settings, table):
             summary.count(f"rows {table.qualified}", lake.read(spark, settings, table).count())
             summary.table(table.qualified, lake.version(spark, settings, table))
     summary.note(f"lake: {settings.lake_root}")
+    if skipped:
+        summary.note("skipped or left out:")
+        for line in skipped:
+            summary.note(f"  {line}")
     for line in last.notes:  # the scoring summary (synergy, expansion, balance, personas, models) closes the run
         summary.note(line)
     return summary
@@ -43,7 +68,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, input_roo
 def main(argv: list[str] | None = None) -> int:
     return run_job(
         "jobs.pipeline", __doc__, argv, execute,
-        add_arguments=input_option, options=input_value,
+        add_arguments=input_option, options=lambda a: {**input_value(a), "as_of_given": as_of_given(a)},
     )
 
 

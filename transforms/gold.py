@@ -105,6 +105,16 @@ def _share_map(df: DataFrame, key: str, by: str, weight: str | None = None) -> D
                                    .alias(f"{key}_share")))
 
 
+def platforms_in(events: DataFrame) -> list[str]:
+    """The platforms that have events, sorted."""
+    return sorted(r.platform for r in events.select("platform").distinct().collect())
+
+
+def map_keys_in(df: DataFrame, column: str) -> list[str]:
+    """The keys found in a map column (e.g. the platforms of ``platform_share``), sorted."""
+    return sorted(r[0] for r in df.select(F.explode(F.map_keys(column))).distinct().collect())
+
+
 # -- daily facts ---------------------------------------------------------------
 def user_platform_daily(events: DataFrame) -> DataFrame:
     """One row per (user, platform, date) with any event: counts by type, watch time, revenue."""

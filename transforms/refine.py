@@ -52,7 +52,7 @@ def extract_fields(df: DataFrame, mapping: PlatformMapping, part: SourceSpec) ->
         # Count fields by the mapping's own separator. The quote-aware split scans the rest of
         # the line at every separator; a line without a quote (nearly all) splits the same on
         # the plain separator, at a fraction of the cost.
-        sep = re.escape(part.reader.get("sep", part.reader.get("delimiter", ",")))
+        sep = re.escape(part.separator)
         n_fields = F.when(F.instr(F.col("raw"), '"') > 0, F.size(F.split(F.col("raw"), sep + _OUTSIDE_QUOTES))) \
                     .otherwise(F.size(F.split(F.col("raw"), sep)))
         malformed = F.col("raw").isNull() | (n_fields != len(cols))
@@ -77,18 +77,20 @@ def extract_fields(df: DataFrame, mapping: PlatformMapping, part: SourceSpec) ->
     return out.drop("_p")
 
 
-def bad_encoding(raw: Column) -> Column:
-    """The record is not UTF-8 text: invalid byte sequences (Latin-1, a UTF-16 byte-order mark)
-    or NUL characters (UTF-16 text read as UTF-8)."""
-    return raw.isNotNull() & (~F.is_valid_utf8(raw) | raw.rlike("\\x00"))
+def bad_encoding(raw: Column, decoded: bool = False) -> Column:
+    """The record is not text in the mapping's encoding: invalid UTF-8 (Latin-1, a UTF-16
+    byte-order mark), NUL characters (UTF-16 text read as UTF-8), or, for a file ingest
+    ``decoded`` from another encoding, U+FFFD where a byte was not valid in it."""
+    bad = ~F.is_valid_utf8(raw) | raw.rlike("\\x00")
+    return raw.isNotNull() & ((bad | raw.contains("\uFFFD")) if decoded else bad)
 
 
-def input_reasons(reasons: Column) -> Column:
+def input_reasons(reasons: Column, decoded: bool = False) -> Column:
     """``reasons``, unless the record could not be read as text at all: then its only reason is
     ``unreadable_file`` (a file no reader could open, see transforms.ingest) or
     ``bad_encoding`` (the field checks would only describe the garbled decoding)."""
     return (F.when(F.col("raw_format") == F.lit(UNREADABLE), F.array(F.lit("unreadable_file")))
-             .when(bad_encoding(F.col("raw")), F.array(F.lit("bad_encoding")))
+             .when(bad_encoding(F.col("raw"), decoded), F.array(F.lit("bad_encoding")))
              .otherwise(reasons))
 
 
@@ -113,7 +115,7 @@ def parse_events(df: DataFrame, mapping: PlatformMapping, cfg: RefineSettings, a
          ("source_event_id", "account_id", "content_id", "creator_id", "category", "event_type", "event_ts",
           "duration_s", "progress", "amount", "currency", "is_recommended", "campaign_id", "session_id")}
 
-    vocab = F.create_map(*[x for k, v in src.event_types.items() for x in (F.lit(k), F.lit(v))])
+    vocab = F.create_map(*[x for k, v in src.vocabulary.items() for x in (F.lit(k), F.lit(v))])
     event_type = F.element_at(vocab, f["event_type"])
     ts = _timestamp(f["event_ts"], src.timestamp.format, src.timestamp.timezone)
     duration = f["duration_s"].try_cast("double")
@@ -130,16 +132,21 @@ def parse_events(df: DataFrame, mapping: PlatformMapping, cfg: RefineSettings, a
               .withColumn("u_progress", progress).withColumn("u_amount_orig", amount_orig)
               .withColumn("u_currency", currency).withColumn("u_rate", rate))
     c = F.col
+    # creator_id and content_id are required where the mapping names them (content only for
+    # events about content): an export without creators (a plain purchase log) has neither.
     needs_content = ~c("u_event_type").isin("follow", "subscribe")
+    missing = (f["source_event_id"].isNull() | f["account_id"].isNull() | f["event_type"].isNull()
+               | f["event_ts"].isNull() | (f["amount"].isNotNull() & c("u_currency").isNull()))
+    if "creator_id" in src.fields:
+        missing = missing | f["creator_id"].isNull()
+    if "content_id" in src.fields:
+        missing = missing | (needs_content & f["content_id"].isNull())
+    too_early = c("u_ts") < F.lit(earliest)
     checks = [
         ("malformed", c("malformed")),
-        ("missing_field", ~c("malformed") & (
-            f["source_event_id"].isNull() | f["account_id"].isNull() | f["event_type"].isNull()
-            | f["event_ts"].isNull() | f["creator_id"].isNull()
-            | (needs_content & f["content_id"].isNull())
-            | (f["amount"].isNotNull() & c("u_currency").isNull()))),
+        ("missing_field", ~c("malformed") & missing),
         ("unknown_event_type", f["event_type"].isNotNull() & c("u_event_type").isNull()),
-        ("bad_timestamp", f["event_ts"].isNotNull() & (c("u_ts").isNull() | (c("u_ts") < F.lit(earliest)))),
+        ("bad_timestamp", f["event_ts"].isNotNull() & (c("u_ts").isNull() | too_early)),
         ("future_timestamp", c("u_ts") > F.lit(latest)),
         ("bad_type", (f["duration_s"].isNotNull() & c("u_duration").isNull())
                      | (f["progress"].isNotNull() & c("u_progress").isNull())
@@ -153,7 +160,7 @@ def parse_events(df: DataFrame, mapping: PlatformMapping, cfg: RefineSettings, a
     amount = F.coalesce((signed * c("u_rate")).cast(AMOUNT), F.lit(0).cast(AMOUNT))
     return out.select(
         "platform", "source_file", "source_position", "raw", "ingest_batch_id",
-        input_reasons(F.coalesce(reasons, F.array().cast("array<string>"))).alias("reasons"),
+        input_reasons(F.coalesce(reasons, F.array().cast("array<string>")), mapping.charset != "UTF-8").alias("reasons"),
         F.concat_ws(":", F.lit(mapping.name), f["source_event_id"]).alias("event_key"),
         f["source_event_id"].alias("source_event_id"), f["account_id"].alias("account_id"),
         f["content_id"].alias("content_id"), f["creator_id"].alias("creator_id"), f["category"].alias("category"),
@@ -162,6 +169,8 @@ def parse_events(df: DataFrame, mapping: PlatformMapping, cfg: RefineSettings, a
         amount.alias("amount"), signed.cast(AMOUNT_ORIG).alias("amount_orig"), c("u_currency").alias("currency_orig"),
         F.coalesce(F.lower(f["is_recommended"]).isin(*TRUE_TEXT), F.lit(False)).alias("is_recommended"),
         f["campaign_id"].alias("campaign_id"), f["session_id"].alias("session_id"),
+        # Says why a bad_timestamp was one: readable, but older than refine.earliest_valid_date.
+        F.coalesce(too_early, F.lit(False)).alias("before_earliest"),
     )
 
 
@@ -198,4 +207,59 @@ def parse_accounts(df: DataFrame, mapping: PlatformMapping) -> DataFrame:
         F.when(~F.col("malformed") & f["account_id"].isNull(), F.lit("missing_field")),
     ))
     return out.select("platform", "source_file", "source_position", "raw", "ingest_batch_id",
-                      input_reasons(reasons).alias("reasons"), *[v.alias(k) for k, v in f.items()])
+                      input_reasons(reasons, mapping.charset != "UTF-8").alias("reasons"),
+                      *[v.alias(k) for k, v in f.items()])
+
+
+# What to change when a reason dominates: the mapping key or setting behind it.
+REASON_FIXES = {
+    "malformed": "the mapping's format, columns (CSV: every column, in order), reader options (sep) or encoding",
+    "missing_field": "events.fields in the mapping: each required field must name a column (or JSON path) that "
+                     "is filled, or be a {const: ...}",
+    "unknown_event_type": "events.event_types in the mapping (source value -> unified type), or "
+                          "fields.event_type: {const: purchase}",
+    "bad_timestamp": "events.timestamp.format in the mapping (a Spark pattern such as yyyyMMdd, or epoch_ms, "
+                     "epoch_s, iso8601), or refine.earliest_valid_date for old data",
+    "future_timestamp": "--as-of (leave it out with --input: the run date then follows the data), or "
+                        "refine.future_tolerance_hours",
+    "bad_type": "the mapping's duration_s / progress / amount fields: they must name numeric columns",
+    "out_of_range": "events.progress_scale (100 for percent) in the mapping",
+    "unknown_currency": "refine.fx_to_base (add the currency), or fields.currency: {const: CNY}",
+    "negative_amount": "fields.event_type / event_types: negative amounts are accepted on refunds only",
+    "bad_encoding": "encoding in the mapping (e.g. gb18030, utf-16, latin-1)",
+    "unknown_platform": "a <platform>.yaml mapping in the platforms folder (--platforms DIR), named like the "
+                        "export's folder",
+    "unreadable_file": "the file itself: it is not readable Parquet (truncated or not Parquet); export it again",
+}
+
+
+def reason_counts(quarantine: DataFrame) -> DataFrame:
+    """(reason, records, example_file, example_position, example_raw): one row per reason of
+    the quarantined records, with the first record (file, then line) as its example."""
+    first = F.min(F.struct("source_file", "source_position", "raw"))
+    return (quarantine.select(F.explode("reasons").alias("reason"), "source_file", "source_position", "raw")
+                      .groupBy("reason").agg(F.count(F.lit(1)).alias("records"), first.alias("_e"))
+                      .select("reason", "records", F.col("_e.source_file").alias("example_file"),
+                              F.col("_e.source_position").alias("example_position"),
+                              F.col("_e.raw").alias("example_raw"))
+                      .orderBy(F.desc("records"), "reason"))
+
+
+def run_date(histogram: list[tuple[dt.date, int]], max_gap_days: int = 31, min_share: float = 0.05) -> dt.date | None:
+    """The latest event date of the data, ignoring a far tail. The dates are cut into runs
+    wherever ``max_gap_days`` pass without an event; the run date is the last date of the
+    latest run that holds at least ``min_share`` of the events (of the largest run, if none
+    does). A few records dated 2099 form a run of their own and do not move it; a quiet last
+    month does not hide the data before it. ``histogram``: (event date, events) pairs."""
+    days = sorted((d, n) for d, n in histogram if n > 0)
+    if not days:
+        return None
+    runs: list[list[tuple[dt.date, int]]] = [[days[0]]]
+    for d, n in days[1:]:
+        if (d - runs[-1][-1][0]).days > max_gap_days:
+            runs.append([])
+        runs[-1].append((d, n))
+    total = sum(n for _, n in days)
+    sizable = [r for r in runs if sum(n for _, n in r) >= min_share * total]
+    chosen = sizable[-1] if sizable else max(runs, key=lambda r: sum(n for _, n in r))
+    return chosen[-1][0]

@@ -154,3 +154,19 @@ def test_an_unreadable_file_row_is_quarantined_as_unreadable_file(spark, zhixue)
     df = spark.createDataFrame(rows, EVENTS_RAW.schema)
     assert reasons_of(refine.parse_events(df, zhixue, CFG, AS_OF)) == [["unreadable_file"]]
     assert reasons_of(refine.parse_accounts(df, zhixue)) == [["unreadable_file"]]
+
+
+def test_the_run_date_is_the_datas_last_date_without_its_far_tail():
+    from transforms.refine import run_date
+
+    d = dt.date(2025, 1, 1)
+    daily = [(d + dt.timedelta(days=i), 10) for i in range(300)]  # 3,000 events over 300 days
+    assert run_date(daily) == d + dt.timedelta(days=299)
+    # a tail dated 2099: 4 records, or even 2 % of the events, form a run of their own
+    assert run_date(daily + [(dt.date(2099, 1, 1), 4)]) == d + dt.timedelta(days=299)
+    assert run_date(daily + [(dt.date(2099, 1, 1), 60)]) == d + dt.timedelta(days=299)
+    # a quiet last day still counts; a pause of two months before a busy month does not hide it
+    assert run_date(daily + [(d + dt.timedelta(days=320), 1)]) == d + dt.timedelta(days=320)
+    later = [(d + dt.timedelta(days=400 + i), 10) for i in range(30)]
+    assert run_date(daily + later) == d + dt.timedelta(days=429)
+    assert run_date([]) is None
