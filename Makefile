@@ -40,8 +40,8 @@ test-slow: package ## run the slow tests: fault injection, and spark-submit to a
 train-sweep: setup ## train one revenue-model run per train.sweep entry on lake/ (after make run)
 	$(PY) -m jobs.train --sweep $(ARGS)
 
-mlflow-ui: setup ## open the MLflow UI on the lake's runs at http://127.0.0.1:$(MLFLOW_PORT)
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/lake/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+mlflow-ui: setup ## open the MLflow UI on the runs of the configured lake at http://127.0.0.1:$(MLFLOW_PORT) (ARGS="--set lake.root=...")
+	$(PY) -m jobs.tracking --port $(MLFLOW_PORT) $(ARGS)
 
 $(ENV_ARCHIVE): $(SETUP_STAMP)
 	$(PY) -m jobs.deploy package --with-env

@@ -109,7 +109,7 @@ def prepare(spark, settings, data_dir: Path, stages: tuple[str, ...] = PIPELINE,
     and it is not counted in events per second. A stage that stopped with a missing input (e.g.
     score without a champion) is recorded as such and not tried again."""
     from jobs import lake
-    from jobs.cli import Summary
+    from jobs.cli import JobError, Summary
     from transforms.schemas import EVENTS
 
     bodies = bodies or _pipeline_bodies()
@@ -133,7 +133,7 @@ def prepare(spark, settings, data_dir: Path, stages: tuple[str, ...] = PIPELINE,
         try:
             seconds, summary = timed(lambda: bodies[name](spark, settings, Summary(f"bench/{name}")))
             print(summary.render(), flush=True)
-        except FileNotFoundError as err:  # e.g. score without a champion: recorded, the bench goes on
+        except (FileNotFoundError, JobError) as err:  # e.g. too little data to train: recorded, the bench goes on
             seconds = None
             info["notes"][name] = str(err)
             log.warning("prepare %s failed: %s", name, err)
@@ -227,7 +227,7 @@ def bench_ingest(spark, settings, work: Path, scale: str, runs: int) -> list[dic
             frames = []
             for mapping, files in sources:
                 header = ",".join(mapping.events.columns) if mapping.format == "csv" and mapping.events.columns else None
-                bronze = to_bronze(I._read(spark, files, "text"), mapping.name, mapping.format, "bench", ingested_at,
+                bronze = to_bronze(I.read_records(spark, files, "text"), mapping.name, mapping.format, "bench", ingested_at,
                                    header, partitions=len(files))
                 parsed = RF.parse_events(bronze, mapping, settings.refine, settings.as_of)
                 frames.append(parsed.where(F.size("reasons") == 0).select(*B.INGEST_COLUMNS))
@@ -295,12 +295,13 @@ def _persona_data(spark, settings):
 
     from jobs import lake
     from ml import personas as P
+    from transforms.gold import map_keys_in
     from transforms.schemas import PERSONA_PROFILES, USER_FEATURES
 
     features = lake.read(spark, settings, USER_FEATURES).where(F.col("as_of_date") == F.lit(settings.as_of))
-    categories = P.categories_of(features)  # the job's own input preparation
+    categories = map_keys_in(features, "category_share")  # the job's own input preparation
     flat = P.model_input(features, categories, settings.personas.partitions)
-    data = P.prep_pipeline(categories).fit(flat).transform(flat).select("user_id", P.PREP_OUT)
+    data = P.prep_pipeline(P.model_columns(flat, categories)[0]).fit(flat).transform(flat).select("user_id", P.PREP_OUT)
     data = data.persist(StorageLevel.MEMORY_AND_DISK)
     data.count()
     k = None

@@ -26,6 +26,7 @@ from jobs import lake, tracking
 from jobs.cli import Summary, run_job
 from jobs.config import Settings
 from ml import personas as P
+from transforms.gold import map_keys_in
 from transforms.schemas import (
     IDENTITY_MAP, PERSONA_PROFILES, PERSONA_TRANSITIONS, TRUTH_ACCOUNTS, USER_FEATURES, USER_PERSONAS,
     select_contract,
@@ -59,10 +60,10 @@ def _plots(z, names: list[str], sizes: list[int], out: Path) -> list[Path]:
     return paths
 
 
-def profiles(flat: DataFrame, assigned: DataFrame, categories: list[str], platforms: list[str],
+def profiles(flat: DataFrame, assigned: DataFrame, cols: list[str], categories: list[str], platforms: list[str],
              names: dict[int, str], as_of, run_id: str) -> DataFrame:
-    """Size, user and revenue shares, centre in original units, top platforms and categories."""
-    cols = P.input_columns(categories)
+    """Size, user and revenue shares, centre in original units (of the model's ``cols``), top
+    platforms and categories."""
     df = assigned.select("user_id", "persona_id").join(flat, "user_id", "inner")
     total = df.agg(F.count(F.lit(1)).alias("n"), F.sum("monetary").alias("m")).first()
     plat = [F.avg(F.coalesce(F.col("platform_share")[p], F.lit(0.0))).alias(f"_p_{p}") for p in platforms]
@@ -71,6 +72,8 @@ def profiles(flat: DataFrame, assigned: DataFrame, categories: list[str], platfo
         *[F.avg(c).alias(f"_c_{c}") for c in cols], *plat)
 
     def top(prefix: str, keys: list[str], n: int = 2):
+        if not keys:
+            return F.array().cast("array<string>")
         ranked = F.array_sort(F.array(*[F.struct((-F.col(f"{prefix}{k}")).alias("neg"), F.lit(k).alias("key"))
                                         for k in keys]))
         return F.slice(F.transform(F.filter(ranked, lambda s: s["neg"] < 0), lambda s: s["key"]), 1, n)
@@ -81,7 +84,7 @@ def profiles(flat: DataFrame, assigned: DataFrame, categories: list[str], platfo
         (F.col("_revenue") / F.lit(total["m"]) if total["m"] else F.lit(None)).alias("revenue_share"),
         F.map_from_arrays(F.array(*[F.lit(c) for c in cols]), F.array(*[F.col(f"_c_{c}") for c in cols])).alias("centre"),
         top("_p_", platforms).alias("top_platforms"),
-        top("_c_cat_", categories).alias("top_categories"),
+        top("_c_cat_", [c for c in categories if P.category_column(c) in cols]).alias("top_categories"),
         F.lit(run_id).alias("mlflow_run_id"),
     )
     return select_contract(out, PERSONA_PROFILES)
@@ -99,18 +102,32 @@ def transitions(current: DataFrame, previous: DataFrame, as_of, previous_as_of) 
 
 def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summary:
     as_of, cfg = settings.as_of, settings.personas
+    if not lake.exists(spark, settings, USER_FEATURES):
+        raise FileNotFoundError(f"gold.user_features not found under {settings.lake_root}: run jobs.aggregate "
+                                f"--as-of {as_of} first")
     features = lake.read(spark, settings, USER_FEATURES).where(F.col("as_of_date") == F.lit(as_of))
     n_users = features.count()
-    if n_users < cfg.k_max * 2:
-        raise FileNotFoundError(f"gold.user_features holds {n_users} users for as_of {as_of}; "
-                                f"run jobs.aggregate --as-of {as_of} first (K-means needs at least {cfg.k_max * 2})")
-    features_version = lake.version(spark, settings, USER_FEATURES)
-    categories = P.categories_of(features)
-    platforms = sorted(settings.platforms)
-    flat = P.model_input(features, categories, cfg.partitions).persist(StorageLevel.MEMORY_AND_DISK)
-    prep = P.prep_pipeline(categories).fit(flat)
-    data = prep.transform(flat).select("user_id", P.PREP_OUT).persist(StorageLevel.MEMORY_AND_DISK)
     summary.count("users", n_users)
+    if n_users < 2 * cfg.k_min:
+        summary.note(f"personas skipped: gold.user_features holds {n_users} users for as_of {as_of}, too few for "
+                     f"{cfg.k_min} personas (K-means needs at least {2 * cfg.k_min}); later stages go on without")
+        return summary
+    if n_users < 2 * cfg.k_max:  # few users: fewer candidate personas, each with at least two of them
+        cfg = cfg.model_copy(update={"k_max": n_users // 2})
+        summary.note(f"only {n_users} users: candidate k limited to {cfg.k_min}..{cfg.k_max}")
+    features_version = lake.version(spark, settings, USER_FEATURES)
+    categories = map_keys_in(features, "category_share")
+    platforms = map_keys_in(features, "platform_share")
+    flat = P.model_input(features, categories, cfg.partitions).persist(StorageLevel.MEMORY_AND_DISK)
+    cols, dropped = P.model_columns(flat, categories)
+    if dropped:
+        summary.note(f"features left out (null or one value for every user): {', '.join(dropped)}")
+    if not cols:
+        flat.unpersist()
+        summary.note("personas skipped: no feature varies between users")
+        return summary
+    prep = P.prep_pipeline(cols).fit(flat)
+    data = prep.transform(flat).select("user_id", P.PREP_OUT).persist(StorageLevel.MEMORY_AND_DISK)
 
     def progress(c: P.Candidate) -> None:
         log.info("k=%d silhouette %.3f stability (ARI) %.3f smallest share %.3f cost %.1f",
@@ -118,7 +135,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
 
     selection = P.choose_k(data, cfg, progress)
     best = selection.chosen
-    z = P.centres_z(best.model, categories)
+    z = P.centres_z(best.model, cols)
     names = dict(enumerate(P.labels(z)))
     assigned = best.model.transform(data)
     assigned = assigned.withColumn("distance", P.distance_to_centre(assigned, best.model)).persist(StorageLevel.MEMORY_AND_DISK)
@@ -129,7 +146,8 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
         mlflow.log_params({"as_of": str(as_of), "k_range": f"{cfg.k_min}-{cfg.k_max}", "restarts": cfg.restarts,
                            "seed": cfg.seed, "max_iter": cfg.max_iter, "init_mode": "k-means||",
                            "init_steps": cfg.init_steps, "min_share": cfg.min_share,
-                           "min_stability": cfg.min_stability, "features": ",".join(P.input_columns(categories)),
+                           "min_stability": cfg.min_stability, "features": ",".join(cols),
+                           "features_dropped": ",".join(dropped) or "(none)",
                            "chosen_k": best.k, "selection": selection.reason})
         mlflow.log_input(mlflow.data.from_spark(features, path=lake.path_of(settings, USER_FEATURES),
                                                 name=f"{USER_FEATURES.qualified}@v{features_version}"), context="training")
@@ -152,7 +170,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
                                                P.label_column(names).alias("persona_label"), "distance"),
                                USER_PERSONAS)
     summary.table(USER_PERSONAS.qualified, lake.replace_where(spark, settings, USER_PERSONAS, personas, as_of_slice))
-    prof = profiles(flat, assigned, categories, platforms, names, as_of, run_id)
+    prof = profiles(flat, assigned, cols, categories, platforms, names, as_of, run_id)
     summary.table(PERSONA_PROFILES.qualified, lake.replace_where(spark, settings, PERSONA_PROFILES, prof, as_of_slice))
 
     written = lake.read(spark, settings, USER_PERSONAS)

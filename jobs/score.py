@@ -30,7 +30,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import lake, tracking
-from jobs.cli import Summary, run_job
+from jobs.cli import JobError, Summary, run_job
 from jobs.config import Settings
 from ml import revenue as R
 from transforms import scoring as S
@@ -43,26 +43,29 @@ from transforms.schemas import (
 log = logging.getLogger(__name__)
 
 
-def champion(settings: Settings, model: str) -> tuple[dict[str, str], list[str], dict[str, float]]:
-    """(lineage, input columns, logged test metrics) of ``model``'s current champion."""
-    name = tracking.model_name(settings, model)
-    client = MlflowClient()
-    try:
-        version = client.get_model_version_by_alias(name, "champion")
-    except mlflow.exceptions.MlflowException:
-        raise FileNotFoundError(f"no @champion for {name} in {settings.tracking_uri}: run jobs.train --as-of "
-                                f"{settings.as_of} (the job says why a version was not promoted)") from None
-    uri = f"models:/{name}/{version.version}"
+def champion(settings: Settings, model: str) -> tuple[dict[str, str], list[str], dict[str, float]] | None:
+    """(lineage, input columns, logged test metrics) of ``model``'s current champion, or None."""
+    version = tracking.champion(settings, model)
+    if version is None:
+        return None
+    name, uri = version.name, f"models:/{version.name}/{version.version}"
     inputs = mlflow.models.get_model_info(uri).signature.inputs.input_names()
-    metrics = client.get_run(version.run_id).data.metrics
-    return ({"model_name": name, "model_version": str(version.version), "run_id": version.run_id, "uri": uri},
-            list(inputs), {m: metrics.get(f"test_{m}", float("nan")) for m in R.METRICS})
+    run = MlflowClient().get_run(version.run_id)
+    candidate = version.tags.get("candidate", "torch")
+    prefix = "test_" if candidate == "torch" else f"baseline_{candidate}_test_"
+    metrics = {m: run.data.metrics.get(f"{prefix}{m}", float("nan")) for m in R.METRICS}
+    return ({"model_name": name, "model_version": str(version.version), "run_id": version.run_id, "uri": uri,
+             "candidate": candidate}, list(inputs), metrics)
 
 
 def predict(spark: SparkSession, frame: DataFrame, uri: str, inputs: list[str]) -> DataFrame:
     """``frame`` with a ``prediction`` column from the logged model, in Arrow batches on the executors."""
     udf = mlflow.pyfunc.spark_udf(spark, uri, result_type="double", env_manager="local")
     return frame.withColumn("prediction", udf(*inputs))
+
+
+def platforms_in_slice(df: DataFrame) -> list[str]:
+    return sorted(r.platform for r in df.select("platform").distinct().collect())
 
 
 def _slice(spark: SparkSession, settings: Settings, table) -> tuple[DataFrame, int]:
@@ -75,9 +78,10 @@ def _slice(spark: SparkSession, settings: Settings, table) -> tuple[DataFrame, i
 
 
 def _check_inputs(model: str, inputs: list[str], spec: T.ModelSpec) -> None:
-    if list(spec.features) != inputs:
-        raise FileNotFoundError(f"the {model} champion expects columns {inputs}, today's features are "
-                                f"{list(spec.features)}: retrain with jobs.train --as-of <date>")
+    missing = [c for c in inputs if c not in spec.features]
+    if missing:
+        raise JobError(f"the {model} champion reads {missing}, which today's features cannot give: retrain with "
+                       f"jobs.train --as-of <date>, or score with the lake (and registry) it was trained for")
 
 
 def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summary:
@@ -92,7 +96,12 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
     as_of_slice = f"as_of_date = DATE'{as_of.isoformat()}'"
 
     # -- users ------------------------------------------------------------------------------
-    user_lineage, inputs, user_metrics = champion(settings, "user_revenue")
+    found = champion(settings, "user_revenue")
+    if found is None:
+        name = tracking.model_name(settings, "user_revenue")
+        raise JobError(f"no @champion for {name} in {settings.tracking_uri}: run jobs.train --as-of {as_of} "
+                       f"(every training run leaves one)")
+    user_lineage, inputs, user_metrics = found
     platforms, categories = S.keys_of(inputs, "platform_"), S.keys_of(inputs, "cat_")
     spec = T.user_spec(platforms, categories)
     _check_inputs("user_revenue", inputs, spec)
@@ -108,33 +117,41 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
     summary.table(USER_REVENUE_SCORES.qualified, scores_v)
 
     # -- creator x platform -------------------------------------------------------------------
-    pair_lineage, pair_inputs, pair_metrics = champion(settings, "creator_platform_revenue")
-    pair_platforms, pair_categories = S.keys_of(pair_inputs, "is_"), S.keys_of(pair_inputs, "cat_")
-    pspec = T.pair_spec(pair_platforms, pair_categories)
-    _check_inputs("creator_platform_revenue", pair_inputs, pspec)
-    frame = T.pair_model_frame(quality, pairs, pspec, pair_platforms, pair_categories).cache()
-    current = predict(spark, frame, pair_lineage["uri"], pair_inputs)
-    potential = predict(spark, S.potential_frame(frame, quality, pair_platforms, pspec), pair_lineage["uri"], pair_inputs)
-    synergy = S.synergy_scores(pairs, quality, current, potential, as_of, pair_lineage,
-                               {"creator_quality": quality_v, "creator_platform_period": pairs_v})
-    summary.table(SYNERGY_SCORES.qualified, lake.replace_where(spark, settings, SYNERGY_SCORES, synergy, as_of_slice))
-    frame.unpersist()
+    pair_found = champion(settings, "creator_platform_revenue")
+    champions = {"user_revenue": (user_lineage, user_metrics)}
+    if pair_found is None:
+        summary.note("synergy and expansion skipped: no creator x platform model (the events name no creator, or "
+                     "too few creator x platform pairs to train one)")
+    else:
+        pair_lineage, pair_inputs, pair_metrics = pair_found
+        champions["creator_platform_revenue"] = (pair_lineage, pair_metrics)
+        pair_platforms, pair_categories = S.keys_of(pair_inputs, "is_"), S.keys_of(pair_inputs, "cat_")
+        pspec = T.pair_spec(pair_platforms, pair_categories)
+        _check_inputs("creator_platform_revenue", pair_inputs, pspec)
+        frame = T.pair_model_frame(quality, pairs, pspec, pair_platforms, pair_categories).cache()
+        current = predict(spark, frame, pair_lineage["uri"], pair_inputs)
+        potential = predict(spark, S.potential_frame(frame, quality, pair_platforms, pspec), pair_lineage["uri"],
+                            pair_inputs)
+        synergy = S.synergy_scores(pairs, quality, current, potential, as_of, pair_lineage,
+                                   {"creator_quality": quality_v, "creator_platform_period": pairs_v})
+        summary.table(SYNERGY_SCORES.qualified, lake.replace_where(spark, settings, SYNERGY_SCORES, synergy, as_of_slice))
+        frame.unpersist()
 
     # -- platforms ----------------------------------------------------------------------------
     written = lake.read(spark, settings, USER_REVENUE_SCORES, as_of_version=scores_v).where(F.col("as_of_date") == F.lit(as_of))
-    metrics = S.revenue_metrics(platform_period, pairs, written, features, sorted(settings.platforms), as_of,
+    metrics = S.revenue_metrics(platform_period, pairs, written, features, platforms_in_slice(platform_period), as_of,
                                 user_lineage, {"platform_period": platform_v, "user_features": features_v})
     summary.table(REVENUE_METRICS.qualified, lake.replace_where(spark, settings, REVENUE_METRICS, metrics, as_of_slice))
 
-    tables = {t.name: lake.read(spark, settings, t).where(F.col("as_of_date") == F.lit(as_of)).toPandas()
+    tables = {t.name: (lake.read(spark, settings, t).where(F.col("as_of_date") == F.lit(as_of))
+                       if lake.exists(spark, settings, t) else spark.createDataFrame([], t.schema)).toPandas()
               for t in (SYNERGY_SCORES, REVENUE_METRICS)}
     summary.count("users scored", written.count())
     summary.count("creator x platform rows", len(tables["synergy_scores"]))
     profiles = (lake.read(spark, settings, PERSONA_PROFILES).where(F.col("as_of_date") == F.lit(as_of)).toPandas()
                 if lake.exists(spark, settings, PERSONA_PROFILES) else None)
     truth = against_truth(spark, settings, synergy_table=tables["synergy_scores"])
-    lines = _summary_lines(tables, profiles, {"user_revenue": (user_lineage, user_metrics),
-                                              "creator_platform_revenue": (pair_lineage, pair_metrics)}, truth)
+    lines = _summary_lines(tables, profiles, champions, truth)
     for line in lines:
         summary.note(line)
     path = f"{settings.lake_root}/reports/ipsynergy-{as_of.isoformat()}.html"
@@ -158,11 +175,12 @@ def against_truth(spark: SparkSession, settings: Settings, synergy_table) -> flo
 
 def _summary_lines(tables, profiles, champions: Mapping, truth: float | None) -> list[str]:
     syn, rev = tables["synergy_scores"], tables["revenue_metrics"]
-    lines = ["top synergy pairs (Q x E):"]
+    lines = ["top synergy pairs (Q x E):"] if len(syn) else []
     for r in syn.dropna(subset=["synergy"]).nlargest(5, "synergy").itertuples():
         lines.append(f"  {r.creator_id:<14} {r.platform:<11} synergy {r.synergy:.3f} (Q {r.q:.2f}, E {r.e:.2f})  "
                      f"R_C {r.r_c:>10,.2f}  next {r.predicted_revenue:>10,.2f}")
-    lines.append("largest expansion opportunities (predicted revenue there, uplift over today):")
+    if len(syn):
+        lines.append("largest expansion opportunities (predicted revenue there, uplift over today):")
     for r in syn.dropna(subset=["uplift"]).nlargest(5, "uplift").itertuples():
         lines.append(f"  {r.creator_id:<14} -> {r.platform:<11} ({r.status})  potential {r.potential_revenue:>10,.2f}  "
                      f"uplift {r.uplift:>+10,.2f}")
@@ -178,7 +196,8 @@ def _summary_lines(tables, profiles, champions: Mapping, truth: float | None) ->
             rev_share = "n/a" if r.revenue_share != r.revenue_share else f"{r.revenue_share:.1%}"
             lines.append(f"  {r.persona_label[:50]:<50} {r.size:>7,} users {r.user_share:>6.1%}  revenue {rev_share:>6}")
     for model, (lineage, m) in champions.items():
-        lines.append(f"champion {lineage['model_name']} v{lineage['model_version']}: Gini {m['gini']:.3f}, Spearman "
+        lines.append(f"champion {lineage['model_name']} v{lineage['model_version']} ({lineage['candidate']}): "
+                     f"Gini {m['gini']:.3f}, Spearman "
                      f"{m['spearman']:.3f}, RMSE {m['rmse']:.2f}, total error {m['total_error_pct']:+.1f}%")
     if truth is not None:
         lines.append(f"evaluation: Spearman synergy vs planted quality x promotion {truth:.3f} (truth is not used by the job)")

@@ -14,10 +14,15 @@ the metrics unbiased; only the sample reaches pandas.
 
 Every run logs parameters, per-epoch losses, the input tables with their versions, held-out
 metrics (test_rmse, test_mae, test_gini, test_spearman, test_total_error_pct) and the same for
-the baselines (baseline_<naive|linear|hgb>_test_<metric>), plots, and the model with its
-signature, registered as <prefix>-<model>. The new version gets the alias `champion` only when
-its held-out Gini beats the current champion's and every baseline's and its total-revenue
-error is no worse than the best baseline's. --sweep trains one run per train.sweep entry.
+the baselines (baseline_<naive|linear|hgb>_test_<metric>), plots, and every candidate model
+(the network and the three baselines) with its signature. The run's winner is registered as
+<prefix>-<model>: among the candidates whose |total error| is no worse than the naive
+baseline's (naive always is), the highest held-out Gini. It becomes `champion` unless the
+current champion, re-scored on the same split, is eligible too and ranks at least as well, so
+a champion always exists after the first run. Features that are missing or constant in every
+training row are left out and recorded (param features_dropped); the model's signature is its
+input. The creator x platform model is skipped, with a note, when the events name no creator
+or hold too little to learn from. --sweep trains one run per train.sweep entry.
 """
 from __future__ import annotations
 
@@ -45,10 +50,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import lake, tracking
-from jobs.cli import Summary, run_job
+from jobs.cli import JobError, Summary, run_job
 from jobs.config import NetSettings, Settings
 from ml import revenue as R
 from transforms import training as T
+from transforms.gold import platforms_in
 from transforms.schemas import EVENTS, USER_PERSONAS
 
 log = logging.getLogger(__name__)
@@ -61,14 +67,17 @@ class Split:
     x: np.ndarray
     y: np.ndarray
     w: np.ndarray
-    naive: np.ndarray
     fold: np.ndarray
-    frame: pd.DataFrame
+    frame: pd.DataFrame  # every feature column of the rows, also those the model leaves out
 
 
 def _split(df: pd.DataFrame, spec: T.ModelSpec) -> Split:
     return Split(df[list(spec.features)].to_numpy(np.float64), df["label"].to_numpy(np.float64),
-                 df["weight"].to_numpy(np.float64), df["naive"].to_numpy(np.float64), df["fold"].to_numpy(), df)
+                 df["weight"].to_numpy(np.float64), df["fold"].to_numpy(), df)
+
+
+class NotEnoughData(JobError):
+    """Too little history or revenue to train a model."""
 
 
 def training_rows(spark: SparkSession, settings: Settings, model: str, silver: DataFrame,
@@ -78,20 +87,20 @@ def training_rows(spark: SparkSession, settings: Settings, model: str, silver: D
     cfg, gcfg = settings.train, settings.gold
     first, last = silver.agg(F.min("event_date"), F.max("event_date")).first()
     if first is None:
-        raise FileNotFoundError("silver.events is empty: run jobs.refine first")
+        raise NotEnoughData("silver.events is empty: run jobs.refine first")
     train_dates, test_date = T.feature_dates(settings.as_of, first, cfg.horizon_days, cfg.windows,
                                              cfg.window_step_days, cfg.min_history_days)
     if not train_dates:
-        raise FileNotFoundError(
+        raise NotEnoughData(
             f"no training date fits: silver.events starts {first}, the test date is {test_date} and training "
             f"dates end {cfg.horizon_days} days before it with {cfg.min_history_days} days of history "
             f"(use a later --as-of or lower train.horizon_days / train.min_history_days)")
-    platforms = sorted(settings.platforms)
     if last < settings.as_of:
-        raise FileNotFoundError(f"silver.events ends {last}, before --as-of {settings.as_of}: the test labels "
+        raise NotEnoughData(f"silver.events ends {last}, before --as-of {settings.as_of}: the test labels "
                                 f"({test_date} to {settings.as_of}) would be cut short; use --as-of {last} or refine newer data")
-    known = silver.where(F.col("event_date") <= F.lit(settings.as_of)).where(F.col("category").isNotNull())
-    categories = sorted(r[0] for r in known.select("category").distinct().collect())
+    known = silver.where(F.col("event_date") <= F.lit(settings.as_of))
+    platforms = platforms_in(known)
+    categories = sorted(r[0] for r in known.where(F.col("category").isNotNull()).select("category").distinct().collect())
     dates = [*train_dates, test_date]
     if model == "user_revenue":
         spec = T.user_spec(platforms, categories)
@@ -162,38 +171,44 @@ def _plots(test: Split, predicted: np.ndarray, folds: list[R.Fit], deciles: pd.D
     return paths
 
 
-def champion_metrics(name: str, test: Split, spec: T.ModelSpec) -> tuple[str, dict[str, float], str] | None:
-    """(version, metrics, where they come from) of the current champion: re-scored on this test
-    split, or its logged metrics (another test window) when its inputs differ from today's
-    feature columns."""
-    client = MlflowClient()
-    try:
-        version = client.get_model_version_by_alias(name, "champion")
-    except mlflow.exceptions.MlflowException:
+def champion_metrics(settings: Settings, model_kind: str, test: Split) -> tuple[str, dict[str, float] | None, str] | None:
+    """(version, metrics on this test split, what they are) of the current champion; metrics
+    None when it reads a feature today's data does not have (it cannot score this split, nor
+    today's users)."""
+    version = tracking.champion(settings, model_kind)
+    if version is None:
         return None
-    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
-    inputs = model.metadata.get_input_schema().input_names()
-    if list(inputs) == list(spec.features):
-        scores = R.metrics(test.y, np.asarray(model.predict(test.frame[inputs])).ravel(), test.w)
-        return version.version, scores, "re-scored on this test split"
-    logged = client.get_run(version.run_id).data.metrics
-    return (version.version, {m: logged.get(f"test_{m}", float("nan")) for m in R.METRICS},
-            "its logged metrics: its feature columns differ, so it cannot score this split")
+    model = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
+    inputs = list(model.metadata.get_input_schema().input_names())
+    if not set(inputs) <= set(test.frame.columns):
+        return version.version, None, f"reads {sorted(set(inputs) - set(test.frame.columns))}, which today's data lacks"
+    scores = R.metrics(test.y, np.asarray(model.predict(test.frame[inputs].astype("float64"))).ravel(), test.w)
+    return version.version, scores, "re-scored on this test split"
 
 
-def log_model(model: R.Ensemble, frame: pd.DataFrame, name: str) -> str:
-    """Log the network (preprocessing inside) to the active run with its signature and an input
-    example, and register it as a new version of ``name``. Returns the version."""
+def log_candidates(fitted: R.Ensemble, baselines: dict, frame: pd.DataFrame) -> dict[str, str]:
+    """Log the network (preprocessing inside) and every baseline to the active run, each with
+    its signature and an input example, so whichever wins can be registered and scored.
+    Returns the model URI of each candidate."""
+    import mlflow.sklearn
+
     frame = frame.astype("float64")
     example = frame.dropna().head(5) if len(frame.dropna()) >= 5 else frame.head(5)
+    pins = [f"mlflow=={mlflow.__version__}", f"pandas=={pd.__version__}", f"numpy=={np.__version__}",
+            f"scikit-learn=={sklearn.__version__}"]
+    uris = {}
     with tempfile.TemporaryDirectory() as tmp:
-        info = mlflow.pytorch.log_model(
-            model, name="model", registered_model_name=name, serialization_format="pickle",
-            code_paths=[ml_folder(tmp)],  # the class travels with the model, e.g. to Spark executors
-            signature=infer_signature(example, R.predict(model, example.to_numpy())), input_example=example,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
-                              f"pandas=={pd.__version__}", f"numpy=={np.__version__}"])
-    return str(info.registered_model_version)
+        code = [ml_folder(tmp)]  # the classes travel with the models, e.g. to Spark executors
+        uris["torch"] = mlflow.pytorch.log_model(
+            fitted, name="model", serialization_format="pickle", code_paths=code,
+            signature=infer_signature(example, R.predict(fitted, example.to_numpy())), input_example=example,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", *pins]).model_uri
+        for b, model in baselines.items():
+            uris[b] = mlflow.sklearn.log_model(
+                model, name=f"baseline_{b}", code_paths=code, pip_requirements=pins, input_example=example,
+                skops_trusted_types=R.TRUSTED_TYPES,  # our own classes, shipped in code_paths
+                signature=infer_signature(example, model.predict(example.to_numpy()))).model_uri
+    return uris
 
 
 def ml_folder(scratch: str) -> str:
@@ -208,9 +223,11 @@ def ml_folder(scratch: str) -> str:
 
 
 def train_one(settings: Settings, spec: T.ModelSpec, log_mask: np.ndarray, net: NetSettings, train: Split, test: Split,
-              base: dict[str, dict[str, float]], champion: tuple[str, dict[str, float]] | None, inputs: list,
-              params: dict, run_name: str) -> tuple[dict[str, float], R.Decision, str, str]:
-    """One MLflow run: fit, evaluate, log, register, gate. Returns (metrics, decision, version, run id)."""
+              baselines: dict, base: dict[str, dict[str, float]], champion, inputs: list, params: dict,
+              run_name: str) -> tuple[dict[str, float], R.Decision, str, str]:
+    """One MLflow run: fit the network, evaluate it beside the baselines, log every candidate,
+    register the run's winner and promote it if it beats the champion (R.choose). Returns
+    (the network's metrics, decision, registered version, run id)."""
     name = tracking.model_name(settings, spec.name)
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.log_params({**params, **{f"net_{k}": v for k, v in net.model_dump().items()}})
@@ -241,13 +258,22 @@ def train_one(settings: Settings, spec: T.ModelSpec, log_mask: np.ndarray, net: 
         with tempfile.TemporaryDirectory() as tmp:
             for path in _plots(test, predicted, fitted.folds, deciles, spec.name, Path(tmp)):
                 mlflow.log_artifact(str(path), "plots")
-        version = log_model(fitted.model, test.frame[list(spec.features)], name)
-        decision = R.gate(scores, base, champion[1] if champion else None)
+        uris = log_candidates(fitted.model, baselines, test.frame[list(spec.features)])
+        champion_scores = None
+        if champion is not None:
+            champion_scores = champion[1] if champion[1] is not None else {"gini": float("nan"),
+                                                                           "total_error_pct": float("nan")}
+        decision = R.choose({"torch": scores, **base}, champion_scores)
+        if champion is not None and champion[1] is None:
+            decision.reasons.append(f"champion v{champion[0]} {champion[2]}")
+        version = str(mlflow.register_model(uris[decision.winner], name).version)
         client = MlflowClient()
         client.set_model_version_tag(name, version, "gate", "; ".join(decision.reasons))
+        client.set_model_version_tag(name, version, "candidate", decision.winner)
         if decision.promote:
             client.set_registered_model_alias(name, "champion", version)
-        mlflow.set_tags({"promoted": str(decision.promote).lower(), "gate": "; ".join(decision.reasons)})
+        mlflow.set_tags({"promoted": str(decision.promote).lower(), "winner": decision.winner,
+                         "gate": "; ".join(decision.reasons)})
         return scores, decision, version, run.info.run_id
 
 
@@ -261,33 +287,36 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, models: t
     personas_version = lake.version(spark, settings, USER_PERSONAS) if lake.exists(spark, settings, USER_PERSONAS) else None
     nets = cfg.sweep_nets() if sweep else [cfg.net]
     tracking.experiment(settings, "revenue")
+    has_creators = "creator_platform_revenue" in models and \
+        silver.where(F.col("creator_id").isNotNull()).limit(1).count() > 0
     for model in models:
-        spec, rows, train_dates, test_date = training_rows(spark, settings, model, silver, personas_version)
-        rows = rows.persist(StorageLevel.MEMORY_AND_DISK)  # counted per stratum, then sampled
-        keys = list(spec.keys)
-        is_test = F.col("as_of_date") == F.lit(test_date)
-        sampled = (T.stratified_sample(rows.where(~is_test), ["stratum"], cfg.sample_cap, cfg.seed, [*keys, "as_of_date"])
-                   .unionByName(T.stratified_sample(rows.where(is_test), ["stratum"], cfg.sample_cap, cfg.seed, keys)))
-        # Folds hold out whole users (pairs): each network is early-stopped on unseen ones.
-        fold = F.abs(F.xxhash64(F.lit(cfg.seed + 1), *[F.col(k) for k in keys])) % cfg.folds
-        sampled = (sampled.withColumn("split", F.when(is_test, "test").otherwise("train"))
-                          .withColumn("fold", F.when(is_test, F.lit(-1)).otherwise(fold)))
-        pdf = (sampled.select(*keys, "as_of_date", *spec.features, "naive", "label", "weight", "split", "fold")
-               .toPandas().sort_values([*keys, "as_of_date"], kind="mergesort"))  # same order on any cluster
-        rows.unpersist()
-        train, test = (_split(pdf[pdf["split"] == s].reset_index(drop=True), spec) for s in ("train", "test"))
-        if len(np.unique(train.fold)) < cfg.folds or len(test.y) == 0 or (test.y > 0).sum() == 0:
-            raise FileNotFoundError(f"{model}: too little data to train (train {len(train.y)} rows in "
-                                    f"{len(np.unique(train.fold))} of {cfg.folds} folds, test {len(test.y)} rows, "
-                                    f"{(test.y > 0).sum()} with revenue in the test window); generate or ingest more "
-                                    f"history before --as-of {settings.as_of}")
+        if model == "creator_platform_revenue" and not has_creators:
+            summary.note(f"{model} skipped: the events name no creator (no creator_id in the mappings), so there "
+                         "is no creator x platform revenue to learn; synergy and expansion are skipped too")
+            continue
+        try:
+            spec, train, test, train_dates, test_date = training_data(spark, settings, model, silver, personas_version)
+        except NotEnoughData as err:
+            if model == "user_revenue":
+                raise
+            summary.note(f"{model} skipped: {err}")
+            continue
         summary.count(f"{model} rows train", len(train.y))
         summary.count(f"{model} rows test", len(test.y))
+        kept = R.informative(train.x)
+        dropped = [f for f, k in zip(spec.features, kept) if not k and f != spec.naive_column]
+        if dropped:
+            spec = spec.without(dropped)
+            train, test = _split(train.frame, spec), _split(test.frame, spec)
+            summary.note(f"{model}: features left out (missing or one value in every training row): "
+                         f"{', '.join(dropped)}")
         log_mask = np.array([f in spec.log_features for f in spec.features])
-        base = {b: R.metrics(test.y, p, test.w)
-                for b, p in R.baselines(train.x, train.y, train.w, test.x, test.naive, log_mask, cfg.seed).items()}
+        factor = cfg.horizon_days / settings.gold.period_days
+        baselines = R.fit_baselines(train.x, train.y, train.w, log_mask, cfg.seed,
+                                    spec.features.index(spec.naive_column), factor)
+        base = {b: R.metrics(test.y, m.predict(test.x), test.w) for b, m in baselines.items()}
         name = tracking.model_name(settings, spec.name)
-        champion = champion_metrics(name, test, spec)
+        champion = champion_metrics(settings, model, test)
         inputs = [(mlflow.data.from_spark(silver, path=lake.path_of(settings, EVENTS), version=str(silver_version),
                                           name=f"{EVENTS.qualified}@v{silver_version}"), "training")]
         if model == "user_revenue" and personas_version is not None:
@@ -298,7 +327,8 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, models: t
         params = {"model": model, "as_of": str(settings.as_of), "horizon_days": cfg.horizon_days,
                   "train_dates": ",".join(map(str, train_dates)), "test_date": str(test_date),
                   "sample_cap": cfg.sample_cap, "seed": cfg.seed, "silver_events_version": silver_version,
-                  "features": len(spec.features), "rows_train": len(train.y), "folds": cfg.folds,
+                  "features": len(spec.features), "features_dropped": ",".join(dropped) or "(none)",
+                  "rows_train": len(train.y), "folds": cfg.folds,
                   "rows_test": len(test.y), "sklearn": sklearn.__version__, "sweep": sweep}
         summary.note(f"{model}: train dates {', '.join(map(str, train_dates))}; test date {test_date} "
                      f"(labels {cfg.horizon_days} days after each)")
@@ -306,20 +336,50 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, models: t
                                                   f"total error {m['total_error_pct']:+.1f}%"
                                                   for b, m in base.items()))
         if champion:
-            summary.note(f"  champion v{champion[0]} ({champion[2]}): Gini {champion[1]['gini']:.3f}, "
-                         f"total error {champion[1]['total_error_pct']:+.1f}%")
+            shown = (f"Gini {champion[1]['gini']:.3f}, total error {champion[1]['total_error_pct']:+.1f}%"
+                     if champion[1] else champion[2])
+            summary.note(f"  champion v{champion[0]} ({shown})")
         for i, net in enumerate(nets):
             run_name = f"{model}-{settings.as_of}" + (f"-sweep{i}" if sweep else "")
-            scores, decision, version, run_id = train_one(settings, spec, log_mask, net, train, test, base, champion,
-                                                          inputs, params, run_name)
+            scores, decision, version, run_id = train_one(settings, spec, log_mask, net, train, test, baselines, base,
+                                                          champion, inputs, params, run_name)
             verdict = "promoted to @champion" if decision.promote else "registered, not promoted"
-            summary.note(f"  {name} v{version} (hidden {list(net.hidden)}): Gini {scores['gini']:.3f}, Spearman "
+            summary.note(f"  torch (hidden {list(net.hidden)}): Gini {scores['gini']:.3f}, Spearman "
                          f"{scores['spearman']:.3f}, RMSE {scores['rmse']:.2f}, total error "
-                         f"{scores['total_error_pct']:+.1f}% -> {verdict}; run {run_id}")
+                         f"{scores['total_error_pct']:+.1f}%; run {run_id}")
+            summary.note(f"  winner {decision.winner} -> {name} v{version}, {verdict}")
             summary.note("    gate: " + "; ".join(decision.reasons))
             if decision.promote:
-                champion = (version, scores, "promoted in this sweep")
+                won = scores if decision.winner == "torch" else base[decision.winner]
+                champion = (version, won, "promoted in this sweep")
     return summary
+
+
+def training_data(spark: SparkSession, settings: Settings, model: str, silver: DataFrame,
+                  personas_version: int | None) -> tuple[T.ModelSpec, Split, Split, list, object]:
+    """(spec, train split, test split, training dates, test date): the stratified samples of
+    the point-in-time rows, in pandas. Raises NotEnoughData when they cannot train a model."""
+    cfg = settings.train
+    spec, rows, train_dates, test_date = training_rows(spark, settings, model, silver, personas_version)
+    rows = rows.persist(StorageLevel.MEMORY_AND_DISK)  # counted per stratum, then sampled
+    keys = list(spec.keys)
+    is_test = F.col("as_of_date") == F.lit(test_date)
+    sampled = (T.stratified_sample(rows.where(~is_test), ["stratum"], cfg.sample_cap, cfg.seed, [*keys, "as_of_date"])
+               .unionByName(T.stratified_sample(rows.where(is_test), ["stratum"], cfg.sample_cap, cfg.seed, keys)))
+    # Folds hold out whole users (pairs): each network is early-stopped on unseen ones.
+    fold = F.abs(F.xxhash64(F.lit(cfg.seed + 1), *[F.col(k) for k in keys])) % cfg.folds
+    sampled = (sampled.withColumn("split", F.when(is_test, "test").otherwise("train"))
+                      .withColumn("fold", F.when(is_test, F.lit(-1)).otherwise(fold)))
+    pdf = (sampled.select(*keys, "as_of_date", *spec.features, "label", "weight", "split", "fold")
+           .toPandas().sort_values([*keys, "as_of_date"], kind="mergesort"))  # same order on any cluster
+    rows.unpersist()
+    train, test = (_split(pdf[pdf["split"] == s].reset_index(drop=True), spec) for s in ("train", "test"))
+    if len(np.unique(train.fold)) < cfg.folds or len(test.y) == 0 or (test.y > 0).sum() == 0:
+        raise NotEnoughData(f"{model}: too little data to train (train {len(train.y)} rows in "
+                            f"{len(np.unique(train.fold))} of {cfg.folds} folds, test {len(test.y)} rows, "
+                            f"{(test.y > 0).sum()} with revenue in the test window); ingest more history before "
+                            f"--as-of {settings.as_of}, or lower train.folds")
+    return spec, train, test, train_dates, test_date
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:

@@ -53,11 +53,6 @@ def flatten(features: DataFrame, categories: list[str]) -> DataFrame:
     return features.select("*", *share_columns(F.col("category_share"), categories, category_column("")))
 
 
-def categories_of(features: DataFrame) -> list[str]:
-    """The content categories present in the users' category mix, sorted."""
-    return sorted(r[0] for r in features.select(F.explode(F.map_keys("category_share"))).distinct().collect())
-
-
 def model_input(features: DataFrame, categories: list[str], partitions: int) -> DataFrame:
     """:func:`flatten`, hash-partitioned by user into a fixed number of partitions in user order.
     K-means|| samples per partition, so this makes the same data and seed give the same
@@ -69,12 +64,29 @@ def input_columns(categories: list[str]) -> list[str]:
     return [*LOG_FEATURES, *PLAIN_FEATURES, *[category_column(c) for c in categories]]
 
 
-def prep_pipeline(categories: list[str]) -> Pipeline:
-    """signed log1p -> median imputation -> assembly -> standardisation (z-scores)."""
+def model_columns(flat: DataFrame, categories: list[str]) -> tuple[list[str], list[str]]:
+    """(kept, dropped) of :func:`input_columns`: a column that is null for every user, or
+    holds one value for all of them, says nothing about who is who (and the imputer cannot fill
+    an all-null one); nor does platforms_used when nobody uses two platforms. Exports without a
+    funnel, without watch time or with one platform have such columns. One aggregation in Spark."""
     cols = input_columns(categories)
-    logged = ", ".join(f"SIGN({c}) * LN(1 + ABS({c})) AS _t_{c}" for c in LOG_FEATURES)
-    plain = ", ".join(f"CAST({c} AS DOUBLE) AS _t_{c}" for c in cols if c not in LOG_FEATURES)
-    sql = SQLTransformer(statement=f"SELECT *, {logged}, {plain} FROM __THIS__")
+    stats = flat.agg(*[F.count(c).alias(f"n_{i}") for i, c in enumerate(cols)],
+                     *[F.min(F.col(c).cast("double")).alias(f"lo_{i}") for i, c in enumerate(cols)],
+                     *[F.max(F.col(c).cast("double")).alias(f"hi_{i}") for i, c in enumerate(cols)]).first()
+    kept = [c for i, c in enumerate(cols) if stats[f"n_{i}"] and stats[f"lo_{i}"] != stats[f"hi_{i}"]
+            # with one platform in the data it only tells active from inactive users, and
+            # would label them "cross-platform"
+            and not (c == "platforms_used" and stats[f"hi_{i}"] <= 1)]
+    return kept, [c for c in cols if c not in kept]
+
+
+def prep_pipeline(cols: list[str]) -> Pipeline:
+    """signed log1p -> median imputation -> assembly -> standardisation (z-scores) of ``cols``
+    (names from :func:`input_columns`)."""
+    # back-quoted: category columns carry the category's own name (e.g. cat_历史)
+    transforms = [f"SIGN(`{c}`) * LN(1 + ABS(`{c}`)) AS `_t_{c}`" if c in LOG_FEATURES
+                  else f"CAST(`{c}` AS DOUBLE) AS `_t_{c}`" for c in cols]
+    sql = SQLTransformer(statement=f"SELECT *, {', '.join(transforms)} FROM __THIS__")
     transformed = [f"_t_{c}" for c in cols]
     imputed = [f"_i_{c}" for c in cols]
     return Pipeline(stages=[
@@ -167,9 +179,9 @@ def choose_k(data: DataFrame, cfg: PersonaSettings, progress=lambda c: None) -> 
     return Selection(best, candidates, "no candidate met the stability and minimum-share bars; best silhouette")
 
 
-def centres_z(model: KMeansModel, categories: list[str]) -> pd.DataFrame:
-    """Persona x feature centres in z-scores of the prepared features."""
-    return pd.DataFrame(np.array(model.clusterCenters()), columns=input_columns(categories))
+def centres_z(model: KMeansModel, cols: list[str]) -> pd.DataFrame:
+    """Persona x feature centres in z-scores of the prepared ``cols``."""
+    return pd.DataFrame(np.array(model.clusterCenters()), columns=cols)
 
 
 def labels(z: pd.DataFrame, threshold: float = 0.5) -> list[str]:

@@ -1,5 +1,5 @@
-"""Revenue regressors: a torch MLP with a zero-inflated lognormal head, the baselines it must
-beat, weighted held-out metrics, and the promotion gate.
+"""Revenue regressors: a torch MLP with a zero-inflated lognormal head, the baselines it is
+measured against, weighted held-out metrics, and the rule that picks the champion.
 
 Revenue is zero for most users and heavy-tailed for the rest, so the network predicts three
 things per row: the probability p of any revenue, and the mean mu and spread sigma of log
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.base import BaseEstimator, RegressorMixin
 from torch import nn
 
 if TYPE_CHECKING:  # the logged model carries ml/ only: nothing here may need jobs/ at run time
@@ -281,52 +282,98 @@ def deciles(actual: np.ndarray, predicted: np.ndarray, weight: np.ndarray) -> pd
 
 
 # -- baselines ----------------------------------------------------------------------------
-def baselines(x: np.ndarray, y: np.ndarray, w: np.ndarray, x_test: np.ndarray, naive_test: np.ndarray,
-              log_mask: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    """Test predictions of the baselines, fitted on the same training rows and weights:
-    naive (revenue of the previous window), linear (ridge on the same signed-log, imputed,
-    standardised features) and scikit-learn's HistGradientBoosting with a Poisson loss."""
+# Candidates in order of preference when their held-out Gini ties: the network first.
+CANDIDATES = ("torch", "hgb", "linear", "naive")
+# Types in the baselines that MLflow's skops format must be told are safe to load: ours, and
+# gradient boosting's trees (unsafe only in a file someone else crafted; these we write).
+TRUSTED_TYPES = ["ml.revenue.NaiveRevenue", "ml.revenue.signed_log", "numpy.dtype",
+                 "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
+
+
+class NaiveRevenue(BaseEstimator, RegressorMixin):
+    """The naive baseline as a model: the revenue of the last period (feature ``column``),
+    scaled to the horizon by ``factor``. An estimator, so it is logged, registered and scored
+    like the others."""
+
+    def __init__(self, column: int = 0, factor: float = 1.0):
+        self.column = column
+        self.factor = factor
+
+    def fit(self, x, y=None, sample_weight=None) -> "NaiveRevenue":
+        return self
+
+    def predict(self, x) -> np.ndarray:
+        return np.nan_to_num(np.asarray(x, dtype=np.float64)[:, self.column]) * self.factor
+
+
+def fit_baselines(x: np.ndarray, y: np.ndarray, w: np.ndarray, log_mask: np.ndarray, seed: int,
+                  naive_column: int, naive_factor: float) -> dict[str, BaseEstimator]:
+    """The baselines, fitted on the same training rows and weights: naive (revenue of the
+    previous period, scaled), linear (ridge on the same signed-log, imputed, standardised
+    features) and scikit-learn's HistGradientBoosting with a Poisson loss. Each takes the raw
+    feature columns, as the network does."""
     from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import Ridge
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-    linear = make_pipeline(FunctionTransformer(signed_log, kw_args={"log_mask": log_mask}), SimpleImputer(strategy="median"), StandardScaler(),
-                           Ridge(alpha=1.0))
+    linear = make_pipeline(FunctionTransformer(signed_log, kw_args={"log_mask": log_mask}), SimpleImputer(strategy="median"),
+                           StandardScaler(), Ridge(alpha=1.0))
     linear.fit(x, y, ridge__sample_weight=w)
     hgb = HistGradientBoostingRegressor(loss="poisson", random_state=seed)
     hgb.fit(x, np.clip(y, 0, None), sample_weight=w)
-    return {"naive": naive_test, "linear": linear.predict(x_test), "hgb": hgb.predict(x_test)}
+    return {"naive": NaiveRevenue(naive_column, naive_factor), "linear": linear, "hgb": hgb}
 
 
-# -- promotion ----------------------------------------------------------------------------
+def informative(x: np.ndarray) -> np.ndarray:
+    """Which columns hold at least two distinct values (NaN aside): an all-missing or constant
+    column teaches a model nothing, and an all-missing one breaks gradient boosting's binning."""
+    keep = np.zeros(x.shape[1], dtype=bool)
+    for j in range(x.shape[1]):
+        col = x[:, j][~np.isnan(x[:, j])]
+        keep[j] = col.size > 0 and np.nanmax(col) > np.nanmin(col)
+    return keep
+
+
+# -- choosing the champion ------------------------------------------------------------------
 @dataclass(frozen=True)
 class Decision:
+    winner: str
     promote: bool
     reasons: list[str]
 
 
-def gate(candidate: dict[str, float], baseline_metrics: dict[str, dict[str, float]],
-         champion: dict[str, float] | None) -> Decision:
-    """Promote only when the candidate's held-out Gini beats the champion's (if any) and every
-    baseline's, and its absolute total-revenue error is no worse than the best baseline's.
-    A comparator whose metric is undefined (NaN) is reported and not compared."""
-    gini, err = candidate["gini"], abs(candidate["total_error_pct"])
-    if not (math.isfinite(gini) and math.isfinite(err)):
-        return Decision(False, ["held-out Gini or total error is undefined (no revenue in the test window)"])
-    reasons, ok = [], True
-    for name, m in ([("champion", champion)] if champion is not None else []) + list(baseline_metrics.items()):
-        other = m.get("gini", float("nan"))
-        if not math.isfinite(other):
-            reasons.append(f"{name} Gini undefined, not compared")
-            continue
-        ok &= gini > other
-        reasons.append(f"Gini {gini:.4f} {'>' if gini > other else '<='} {name} {other:.4f}")
-    finite = [(n, abs(m["total_error_pct"])) for n, m in baseline_metrics.items()
-              if math.isfinite(m.get("total_error_pct", float("nan")))]
-    if finite:
-        best_name, best = min(finite, key=lambda nm: nm[1])
-        ok &= err <= best
-        reasons.append(f"|total error| {err:.2f}% {'<=' if err <= best else '>'} best baseline {best_name} {best:.2f}%")
-    return Decision(bool(ok), reasons)
+def choose(candidates: dict[str, dict[str, float]], champion: dict[str, float] | None) -> Decision:
+    """The run's winner and whether it replaces the champion.
+
+    Eligible are the candidates whose |total error| on the held-out split is no worse than
+    the naive baseline's (naive itself always is, so there is always a winner); the highest
+    held-out Gini among them wins. The winner replaces the current champion (its metrics on
+    the same split) unless the champion is eligible too and its Gini is at least as high."""
+    naive_err = abs(candidates["naive"]["total_error_pct"])
+    reasons, eligible = [], []
+    for name in [c for c in CANDIDATES if c in candidates]:
+        m = candidates[name]
+        err = abs(m["total_error_pct"])
+        if name == "naive" or (math.isfinite(m["gini"]) and math.isfinite(err) and err <= naive_err):
+            eligible.append(name)
+        else:
+            reasons.append(f"{name} not eligible: |total error| {err:.2f}% > naive {naive_err:.2f}%")
+
+    def rank(name: str) -> tuple[float, int]:
+        gini = candidates[name]["gini"]
+        return (gini if math.isfinite(gini) else -math.inf, -CANDIDATES.index(name))
+
+    winner = max(eligible, key=rank)
+    gini = candidates[winner]["gini"]
+    reasons.insert(0, f"winner {winner}: Gini {gini:.4f}, highest of eligible {', '.join(eligible)}")
+    if champion is None:
+        return Decision(winner, True, [*reasons, "no champion to beat"])
+    c_gini, c_err = champion.get("gini", float("nan")), abs(champion.get("total_error_pct", float("nan")))
+    if not (math.isfinite(c_gini) and math.isfinite(c_err)) or c_err > naive_err:
+        return Decision(winner, True, [*reasons, f"champion not eligible on this split (|total error| {c_err:.2f}% "
+                                                 f"vs naive {naive_err:.2f}%, Gini {c_gini:.4f})"])
+    if gini > c_gini:
+        return Decision(winner, True, [*reasons, f"Gini {gini:.4f} > champion {c_gini:.4f}"])
+    return Decision(winner, False, [*reasons, f"Gini {gini:.4f} <= champion {c_gini:.4f}: the champion stays"])

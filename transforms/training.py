@@ -1,15 +1,15 @@
 """Point-in-time training rows for the revenue models, and the stratified sample drawn from them.
 
 A row's features come only from events dated on or before its feature date ``t``; its label is
-the net revenue in the ``horizon`` days after ``t`` (``t`` excluded). Each row also carries
-``naive``: the revenue of the ``period_days`` before ``t`` (inclusive), scaled to the horizon,
-which is the naive baseline. Pure functions over DataFrames.
+the net revenue in the ``horizon`` days after ``t`` (``t`` excluded). The naive baseline reads
+one feature, the revenue of the ``period_days`` before ``t`` (ModelSpec.naive_column), scaled
+to the horizon. Pure functions over DataFrames.
 """
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -43,18 +43,24 @@ class ModelSpec:
     keys: tuple[str, ...]
     features: tuple[str, ...]
     log_features: tuple[str, ...]
+    # The revenue of the last period_days: what the naive baseline scales to the horizon.
+    naive_column: str
+
+    def without(self, dropped: list[str]) -> "ModelSpec":
+        """The same model on fewer features (never without the naive baseline's column)."""
+        return replace(self, features=tuple(f for f in self.features if f not in dropped or f == self.naive_column))
 
 
 def user_spec(platforms: list[str], categories: list[str]) -> ModelSpec:
     return ModelSpec("user_revenue", ("user_id",),
                      (*USER_NUMERIC, *[f"platform_{p}" for p in platforms], *[f"cat_{c}" for c in categories]),
-                     USER_LOG)
+                     USER_LOG, "monetary_recent")
 
 
 def pair_spec(platforms: list[str], categories: list[str]) -> ModelSpec:
     return ModelSpec("creator_platform_revenue", ("creator_id", "platform"),
                      (*PAIR_NUMERIC, *[f"is_{p}" for p in platforms], *[f"cat_{c}" for c in categories]),
-                     PAIR_LOG)
+                     PAIR_LOG, "revenue")
 
 
 def feature_dates(as_of: dt.date, first_date: dt.date, horizon: int, windows: int, step: int,
@@ -89,23 +95,20 @@ def _revenue_between(events: DataFrame, keys: list[str], after: dt.date, through
                   .groupBy(*keys).agg(F.sum("amount").cast("double").alias(name)))
 
 
-def _with_target(rows: DataFrame, events: DataFrame, keys: list[str], t: dt.date, horizon: int,
-                 naive: Column) -> DataFrame:
-    """Add ``naive`` (the baseline) and ``label`` (net revenue in (t, t + horizon], 0 if none)."""
+def _with_target(rows: DataFrame, events: DataFrame, keys: list[str], t: dt.date, horizon: int) -> DataFrame:
+    """Add ``label``: net revenue in (t, t + horizon], 0 if none."""
     label = _revenue_between(events, keys, t, t + dt.timedelta(days=horizon), "label")
-    return (rows.withColumn("naive", naive).join(label, keys, "left")
-                .withColumn("label", F.coalesce(F.col("label"), F.lit(0.0))))
+    return rows.join(label, keys, "left").withColumn("label", F.coalesce(F.col("label"), F.lit(0.0)))
 
 
 def user_rows(events: DataFrame, t: dt.date, horizon: int, lookback_days: int, period_days: int,
               spec: ModelSpec, platforms: list[str], categories: list[str]) -> DataFrame:
-    """One row per user seen on or before ``t``: features as of ``t``, naive, label."""
+    """One row per user seen on or before ``t``: features as of ``t``, label."""
     lookback = gold.window(events, gold.lookback_start(t, lookback_days), t)
     history = events.where(F.col("event_date") <= F.lit(t)).select("user_id", F.col("event_date").alias("date"))
     features = user_model_frame(gold.user_features(lookback, history, t, period_days), spec, platforms, categories)
-    naive = F.col("monetary_recent") * F.lit(horizon / period_days)
-    return _with_target(features, events, ["user_id"], t, horizon, naive) \
-        .select(*spec.keys, "as_of_date", *spec.features, "naive", "label")
+    return _with_target(features, events, ["user_id"], t, horizon).select(*spec.keys, "as_of_date", *spec.features,
+                                                                          "label")
 
 
 def pair_model_frame(quality: DataFrame, pairs: DataFrame, spec: ModelSpec, platforms: list[str],
@@ -129,15 +132,14 @@ def pair_model_frame(quality: DataFrame, pairs: DataFrame, spec: ModelSpec, plat
 def pair_rows(events: DataFrame, t: dt.date, horizon: int, lookback_days: int, period_days: int,
               weights: Mapping[str, float], spec: ModelSpec, platforms: list[str], categories: list[str]) -> DataFrame:
     """One row per (creator, platform) with events in the lookback ending at ``t``: features as
-    of ``t``, naive (R_C of the period ending at ``t``), label (R_C of the next horizon)."""
+    of ``t``, label (R_C of the next horizon)."""
     lookback = gold.window(events, gold.lookback_start(t, lookback_days), t)
     period_start = gold.lookback_start(t, period_days)
     pairs = gold.creator_platform_period(gold.window(lookback, period_start, t), lookback, t, period_start)
     quality = gold.creator_quality(lookback, t, weights)
     frame = pair_model_frame(quality, pairs, spec, platforms, categories)
-    naive = F.col("revenue") * F.lit(horizon / period_days)
     return _with_target(frame, events.where(F.col("creator_id").isNotNull()), ["creator_id", "platform"], t,
-                        horizon, naive).select(*spec.keys, "as_of_date", *spec.features, "naive", "label")
+                        horizon).select(*spec.keys, "as_of_date", *spec.features, "label")
 
 
 def stratified_sample(rows: DataFrame, strata: list[str], cap: int, seed: int, keys: list[str]) -> DataFrame:

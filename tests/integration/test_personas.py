@@ -47,7 +47,7 @@ def test_the_runs_leave_nothing_cached(spark, runs, cached_before):
     # First in the module, right after the runs (and the aggregate runs, when they built gold).
     # The session outlives a job (make run, the bench run every stage in one), and the K-means
     # input once stayed cached.
-    assert {i: n for i, n in persisted_rdds(spark).items() if i not in cached_before} == {}
+    assert persisted_rdds(spark, since=cached_before) == {}
 
 
 def test_every_user_gets_exactly_one_persona(spark, runs):
@@ -106,7 +106,10 @@ def test_transitions_account_for_every_user_of_both_runs(spark, runs):
 
 def test_rerun_replaces_the_slice(spark, runs):
     settings, _, _ = runs
-    personas.execute(spark, at(settings, AS_OF), Summary("personas"))
+    # one candidate k is enough to show the slice is replaced, not appended to
+    one_k = at(settings, AS_OF)
+    one_k = one_k.model_copy(update={"personas": one_k.personas.model_copy(update={"k_min": 4, "k_max": 4})})
+    personas.execute(spark, one_k, Summary("personas"))
     got = slice_of(spark, settings, USER_PERSONAS)
     assert got.count() == got.select("user_id").distinct().count()
     assert slice_of(spark, settings, PERSONA_PROFILES).select("persona_id").distinct().count() == \

@@ -1,6 +1,6 @@
 """jobs.train on the small generated lake: both models are trained, tracked and registered with
-exactly the promised metric keys, promotion follows the gate, and a rerun on the same data
-version and seed gives the same metrics and is not promoted over itself."""
+exactly the promised metric keys, the champion follows the rule (R.choose), and a rerun on the
+same data version and seed gives the same metrics and does not replace its twin."""
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
@@ -20,8 +20,8 @@ def runs(spark, small_lake):
     # The small lake starts 2026-04-01: allow short histories; two training dates; a small,
     # quick network.
     settings = base.model_copy(update={"train": base.train.model_copy(update={
-        "min_history_days": 7, "windows": 2, "net": base.train.net.model_copy(update={"hidden": (16,), "max_epochs": 25,
-                                                                         "patience": 6})})})
+        "min_history_days": 7, "windows": 2, "folds": 2,
+        "net": base.train.net.model_copy(update={"hidden": (16,), "max_epochs": 25, "patience": 6})})})
     first = train.execute(spark, settings, Summary("train"))
     second = train.execute(spark, settings, Summary("train"), models=("user_revenue",))
     tracking.experiment(settings, "revenue")
@@ -49,7 +49,7 @@ def test_every_run_logs_the_promised_metrics_inputs_plots_and_model(spark, runs)
         assert run.info.run_id in versions and versions[run.info.run_id].tags["gate"] == run.data.tags["gate"]
 
 
-def test_promotion_follows_the_gate_and_a_rerun_is_not_promoted_over_itself(runs):
+def test_the_champion_follows_the_rule_and_a_rerun_does_not_replace_its_twin(runs):
     settings, _, _, found = runs
     client = MlflowClient()
     first, _, second = found
@@ -57,25 +57,21 @@ def test_promotion_follows_the_gate_and_a_rerun_is_not_promoted_over_itself(runs
     def scores(run, prefix="test_"):
         return {m: run.data.metrics[f"{prefix}{m}"] for m in R.METRICS}
 
-    baselines = {b: scores(first, f"baseline_{b}_test_") for b in ("naive", "linear", "hgb")}
-    # the first user model had no champion to beat: the baselines decide
-    decision = R.gate(scores(first), baselines, None)
-    assert first.data.tags["promoted"] == str(decision.promote).lower()
-    # same data version, same seed: the same metrics; equal is not better, so no promotion
-    assert scores(second) == scores(first)
-    assert second.data.tags["promoted"] == "false"
+    candidates = {"torch": scores(first), **{b: scores(first, f"baseline_{b}_test_") for b in ("naive", "linear", "hgb")}}
+    # the first user model had no champion to beat: the run's winner becomes the champion
+    decision = R.choose(candidates, None)
+    assert first.data.tags["winner"] == decision.winner and first.data.tags["promoted"] == "true"
     name = tracking.model_name(settings, "user_revenue")
-    if decision.promote:
-        assert client.get_model_version_by_alias(name, "champion").run_id == first.info.run_id
-        assert "<= champion" in second.data.tags["gate"]
-    else:
-        with pytest.raises(mlflow.exceptions.MlflowException, match="alias"):
-            client.get_model_version_by_alias(name, "champion")
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert champion.run_id == first.info.run_id and champion.tags["candidate"] == decision.winner
+    # same data version, same seed: the same metrics and winner; equal is not better, the champion stays
+    assert scores(second) == scores(first) and second.data.tags["winner"] == decision.winner
+    assert second.data.tags["promoted"] == "false" and "the champion stays" in second.data.tags["gate"]
 
 
 def test_summary_names_the_dates_baselines_and_verdict(runs):
     _, first, _, _ = runs
     text = first.render()
     assert "user_revenue: train dates 2026-04-24, 2026-05-01; test date 2026-05-31" in text
-    assert "baselines: naive Gini" in text and "gate: Gini" in text
+    assert "baselines: naive Gini" in text and "gate: winner " in text and "promoted to @champion" in text
     assert first.counts["user_revenue rows test"] > 100

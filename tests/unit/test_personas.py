@@ -91,7 +91,7 @@ def test_fitted_pipeline_logs_and_loads_with_the_same_predictions(spark, tmp_pat
                      {"p1": 1.0}, {"finance": 1.0} if spender else {"health": 1.0}, 0.5, 10, 0.2, None, 0.0, 4))
     features = spark.createDataFrame(rows, USER_FEATURES.schema)
     flat = P.flatten(features, ["finance", "health"])
-    prep = P.prep_pipeline(["finance", "health"]).fit(flat)
+    prep = P.prep_pipeline(P.model_columns(flat, ["finance", "health"])[0]).fit(flat)
     model = P.fit_best_of(prep.transform(flat), 2, CFG, seed=5)
     pipeline = P.fitted_pipeline(prep, model)
     direct = {r.user_id: r.persona_id for r in pipeline.transform(flat).collect()}
@@ -105,3 +105,19 @@ def test_fitted_pipeline_logs_and_loads_with_the_same_predictions(spark, tmp_pat
     loaded = mlflow.spark.load_model(f"runs:/{run.info.run_id}/persona_pipeline")
     # THEN it gives the same persona to every user
     assert {r.user_id: r.persona_id for r in loaded.transform(flat).collect()} == direct
+
+
+def test_model_columns_drop_what_says_nothing_about_users(spark):
+    # GIVEN purchase-only users: no watch time, no funnel (rates null), one platform, and a
+    # category column only one user has
+    rows = [(f"u{i}", dt.date(2026, 1, 1), i % 7, 90, 3 + i, i, 0, 10.0 * i, 0.0, i % 3, 10.0 + i, 0, 0.0, None, 1,
+             {"p1": 1.0}, {"books": 1.0} if i == 0 else {}, None, 0, None, 0.0, 0.0, 0)
+            for i in range(12)]
+    flat = P.flatten(spark.createDataFrame(rows, USER_FEATURES.schema), ["books"])
+    # WHEN the model's columns are chosen
+    kept, dropped = P.model_columns(flat, ["books"])
+    # THEN all-null and constant columns are dropped, the rest kept in input order
+    assert dropped == ["watch_hours", "social_actions", "completion_rate", "rec_ctr", "refund_rate", "platforms_used"]
+    assert kept == ["events", "active_days", "monetary", "orders", "avg_order_value", "recency_days", "cat_books"]
+    # AND the preparation fits on what is kept (the imputer failed on all-null columns)
+    assert P.prep_pipeline(kept).fit(flat).transform(flat).count() == 12

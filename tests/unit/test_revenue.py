@@ -98,21 +98,35 @@ def test_deciles_cut_the_weighted_population_into_tenths():
     assert weighted["population"].tolist() == [2.0] * 10
 
 
-def test_gate_accepts_a_better_model_and_refuses_a_worse_one():
-    base = {"naive": {"gini": 0.50, "total_error_pct": 2.0}, "hgb": {"gini": 0.70, "total_error_pct": -6.0}}
-    champion = {"gini": 0.72, "total_error_pct": 1.0}
-    better = R.gate({"gini": 0.75, "total_error_pct": -1.5}, base, champion)
-    assert better.promote
-    assert better.reasons[0] == "Gini 0.7500 > champion 0.7200"
-    # below the champion
-    worse = R.gate({"gini": 0.71, "total_error_pct": 0.5}, base, champion)
-    assert not worse.promote and "Gini 0.7100 <= champion 0.7200" in worse.reasons
-    # beats everyone on Gini but misses totals by more than the best baseline (naive, 2 %)
-    off = R.gate({"gini": 0.80, "total_error_pct": 2.5}, base, champion)
-    assert not off.promote and off.reasons[-1] == "|total error| 2.50% > best baseline naive 2.00%"
-    # no champion yet: baselines decide
-    assert R.gate({"gini": 0.71, "total_error_pct": 1.0}, base, None).promote
-    assert not R.gate({"gini": 0.69, "total_error_pct": 1.0}, base, None).promote
+def test_the_champion_rule_picks_an_eligible_winner_and_keeps_a_better_champion():
+    # GIVEN candidates: torch ranks best but misses the total by more than naive does
+    cands = {"torch": {"gini": 0.80, "total_error_pct": 12.0}, "hgb": {"gini": 0.70, "total_error_pct": -6.0},
+             "linear": {"gini": 0.60, "total_error_pct": 1.0}, "naive": {"gini": 0.50, "total_error_pct": 8.0}}
+    # WHEN no champion exists yet
+    first = R.choose(cands, None)
+    # THEN the eligible (|total error| <= naive's 8 %) with the best Gini wins and is promoted
+    assert (first.winner, first.promote) == ("hgb", True)
+    assert first.reasons[0] == "winner hgb: Gini 0.7000, highest of eligible hgb, linear, naive"
+    assert "torch not eligible: |total error| 12.00% > naive 8.00%" in first.reasons
+    # a champion that is eligible on this split and ranks better stays
+    kept = R.choose(cands, {"gini": 0.72, "total_error_pct": 3.0})
+    assert not kept.promote and kept.reasons[-1] == "Gini 0.7000 <= champion 0.7200: the champion stays"
+    # a champion whose total error is now worse than naive's is replaced whatever its Gini
+    assert R.choose(cands, {"gini": 0.95, "total_error_pct": 30.0}).promote
+    # naive is always eligible: with every model off on totals, it wins
+    off = {k: {**v, "total_error_pct": 50.0} for k, v in cands.items() if k != "naive"}
+    assert R.choose({**off, "naive": cands["naive"]}, None).winner == "naive"
+    # a tie on Gini goes to the network
+    tie = {"torch": {"gini": 0.7, "total_error_pct": 1.0}, "hgb": {"gini": 0.7, "total_error_pct": 1.0},
+           "naive": {"gini": 0.5, "total_error_pct": 8.0}}
+    assert R.choose(tie, None).winner == "torch"
+
+
+def test_naive_baseline_scales_the_last_period_and_informative_drops_flat_columns():
+    x = np.array([[1.0, np.nan, 5.0, 2.0], [2.0, np.nan, 5.0, np.nan], [3.0, np.nan, 5.0, 4.0]])
+    assert R.NaiveRevenue(column=0, factor=3.0).predict(x).tolist() == [3.0, 6.0, 9.0]
+    assert R.NaiveRevenue(column=3, factor=1.0).predict(x).tolist() == [2.0, 0.0, 4.0]  # missing: no revenue
+    assert R.informative(x).tolist() == [True, False, False, True]
 
 
 def test_feature_dates_keep_training_labels_out_of_the_test_window():
@@ -167,8 +181,8 @@ def user_table(spark, rows):
 def test_user_rows_label_the_next_horizon_and_use_nothing_after_t(spark):
     rows, spec = user_table(spark, EVENTS_ROWS)
     assert sorted(rows) == ["u1", "u2"]
-    assert (rows["u1"]["label"], rows["u1"]["naive"], rows["u1"]["monetary"]) == (37.0, 105.0, 105.0)
-    assert (rows["u2"]["label"], rows["u2"]["naive"], rows["u2"]["monetary"]) == (0.0, 0.0, 30.0)
+    assert (rows["u1"]["label"], rows["u1"]["monetary_recent"], rows["u1"]["monetary"]) == (37.0, 105.0, 105.0)
+    assert (rows["u2"]["label"], rows["u2"]["monetary_recent"], rows["u2"]["monetary"]) == (0.0, 0.0, 30.0)
     assert rows["u1"]["platform_p1"] == 1.0 and rows["u2"]["platform_p2"] == 1.0
     # leakage: more events after t change no feature; inside the label window they change the label
     leaked, _ = user_table(spark, EVENTS_ROWS + LATE)
@@ -188,8 +202,8 @@ def test_pair_rows_label_the_next_horizon_and_use_nothing_after_t(spark):
     plain, leaked = table(EVENTS_ROWS), table(EVENTS_ROWS + LATE)
     assert sorted(plain) == [("c1", "p1"), ("c2", "p2")]
     c1 = plain[("c1", "p1")]
-    assert (c1["label"], c1["naive"], c1["revenue"], c1["is_p1"], c1["reads_other"]) == (37.0, 105.0, 105.0, 1.0, 0.0)
-    assert (plain[("c2", "p2")]["label"], plain[("c2", "p2")]["naive"]) == (0.0, 0.0)
+    assert (c1["label"], c1["revenue"], c1["is_p1"], c1["reads_other"]) == (37.0, 105.0, 1.0, 0.0)
+    assert (plain[("c2", "p2")]["label"], plain[("c2", "p2")]["revenue"]) == (0.0, 0.0)
     assert sorted(leaked) == sorted(plain)  # (c1, p2) first appears after t: no row
     for key in plain:
         assert {f: leaked[key][f] for f in spec.features} == {f: plain[key][f] for f in spec.features}
@@ -216,29 +230,35 @@ def test_stratified_sample_caps_rows_and_weights_restore_the_totals(spark):
 
 
 
-def test_logged_model_round_trips_through_the_registry(tmp_path):
-    # GIVEN a trained ensemble and a feature frame with a missing value
+def test_every_candidate_round_trips_through_the_registry(tmp_path):
+    # GIVEN a trained ensemble, the fitted baselines and a feature frame with a missing value
     import mlflow
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
-    from jobs.train import log_model
+    from jobs.train import log_candidates
 
     rng = np.random.default_rng(5)
     x, y = planted(600, rng)
     net = NetSettings(hidden=(8,), max_epochs=5)
     model = R.cross_fit(x, y, np.ones(len(y)), np.arange(600) % 2, np.zeros(6, bool), net, seed=2).model
+    baselines = R.fit_baselines(x, y, np.ones(len(y)), np.zeros(6, bool), seed=2, naive_column=1, naive_factor=2.0)
     frame = pd.DataFrame(x[:50], columns=[f"f{i}" for i in range(6)])
     frame.iloc[0, 1] = np.nan
-    # WHEN it is logged, registered and promoted, then loaded by alias
+    # WHEN every candidate is logged, one registered and promoted, then loaded by alias
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = mlflow.create_experiment("round-trip", artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment):
-        version = log_model(model, frame, "round-trip-model")
-    MlflowClient().set_registered_model_alias("round-trip-model", "champion", version)
-    loaded = mlflow.pyfunc.load_model("models:/round-trip-model@champion")
-    # THEN it expects the same columns and predicts exactly what the network predicts
-    assert loaded.metadata.get_input_schema().input_names() == list(frame.columns)
-    expected = R.predict(model, frame.to_numpy())
-    assert np.isfinite(expected).all()
-    np.testing.assert_allclose(np.asarray(loaded.predict(frame)).ravel(), expected, rtol=1e-6)
+        uris = log_candidates(model, baselines, frame)
+    assert sorted(uris) == ["hgb", "linear", "naive", "torch"]
+    client = MlflowClient()
+    for candidate, expected in (("torch", R.predict(model, frame.to_numpy())),
+                                ("hgb", baselines["hgb"].predict(frame.to_numpy())),
+                                ("naive", np.nan_to_num(frame["f1"].to_numpy()) * 2.0)):
+        version = mlflow.register_model(uris[candidate], "round-trip-model").version
+        client.set_registered_model_alias("round-trip-model", "champion", version)
+        loaded = mlflow.pyfunc.load_model("models:/round-trip-model@champion")
+        # THEN it expects the same columns and predicts exactly what the fitted model predicts
+        assert loaded.metadata.get_input_schema().input_names() == list(frame.columns)
+        assert np.isfinite(expected).all()
+        np.testing.assert_allclose(np.asarray(loaded.predict(frame)).ravel(), expected, rtol=1e-6)
