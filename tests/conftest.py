@@ -10,12 +10,16 @@ from jobs.session import build_session
 # A small generated lake shared by the integration tests (built once per test run).
 SMALL = ["generate.users=150", "generate.creators=24", "generate.sessions=2500", "generate.defect_rate=0.04",
          "generate.start_date=2026-04-01", "generate.days=91", "gold.lookback_days=60"]
-TEST_OVERRIDES = ["spark.master=local[2]", "spark.shuffle_partitions=2", "spark.app_name=ipsynergy-tests"]
+# The tests' hand-written account exports are not generated data, and no test needs a secret
+# key: they may hash with the development key (test_pii checks the refusal without this).
+TEST_OVERRIDES = ["spark.master=local[2]", "spark.shuffle_partitions=2", "spark.app_name=ipsynergy-tests",
+                  "refine.allow_development_key=true"]
 
 
 # Integration modules share the small lake and build on each other's tables and models, in
 # this order (a module run alone builds what it needs itself).
-INTEGRATION_ORDER = ("test_bronze_silver", "test_gold", "test_personas", "test_train", "test_score")
+INTEGRATION_ORDER = ("test_bronze_silver", "test_gold", "test_personas", "test_train", "test_score", "test_own_exports",
+                     "test_readme_own_data")
 # The fault-injection modules run after the chain: test_pii reads what the chain leaves on the
 # shared small lake, and the others must not be the first to register <layer>.<name> in the
 # session's catalog (the first lake registered keeps the names; the chain asserts on them).
@@ -35,14 +39,15 @@ def make_settings(lake_root, *overrides: str) -> Settings:
     return load_settings("local", [*TEST_OVERRIDES, f"lake.root={lake_root}", *overrides])
 
 
-def persisted_rdds(spark) -> dict[int, str]:
+def persisted_rdds(spark, since: dict[int, str] | None = None) -> dict[int, str]:
     """The RDDs kept cached in the session (DataFrame caches included), by id and name, for
     checking that a job released what it cached: a pipeline or the bench runs every stage in
-    one session. Delta's own snapshot caches ("Delta Table State #v - path"), which Delta
-    evicts itself, are left out."""
+    one session. With ``since`` (an earlier result), only those added after it: an RDD that
+    Spark's cleaner dropped in between is not a leak. Delta's own snapshot caches ("Delta
+    Table State #v - path"), which Delta evicts itself, are left out."""
     rdds = spark.sparkContext._jsc.getPersistentRDDs()
     named = {int(i): str(rdds[i].name()) for i in rdds.keySet()}
-    return {i: n for i, n in named.items() if not n.startswith("Delta Table State")}
+    return {i: n for i, n in named.items() if not n.startswith("Delta Table State") and i not in (since or {})}
 
 
 @pytest.fixture(scope="session")

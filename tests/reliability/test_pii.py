@@ -18,8 +18,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 
-from jobs import aggregate, ingest, lake, personas, refine, train
-from jobs.cli import Summary
+from jobs import aggregate, generate, ingest, lake, personas, refine, train
+from jobs.cli import JobError, Summary
 from jobs.config import PROJECT_ROOT
 from tests.conftest import SMALL, make_settings
 from tests.reliability.helpers import child_env, job_command, tally, write_accounts, write_events, write_records
@@ -88,7 +88,7 @@ def test_every_mlflow_server_the_project_starts_binds_to_loopback():
     commands = [(p.name, m.group(0)) for p in shell if p.is_file()
                 for m in SHELL_COMMAND.finditer(p.read_text().replace("\\\n", " "))]
     commands += [(p.name, m.group(0)) for p in python for m in PY_COMMAND.finditer(p.read_text())]
-    assert any(name == "Makefile" for name, _ in commands)  # make mlflow-ui
+    assert any(name == "tracking.py" for name, _ in commands)  # make mlflow-ui
     assert any(name == "deploy.py" for name, _ in commands)  # make cluster-up's tracking server
     for name, cmd in commands:
         assert re.search(r"""--host["',\s]+["']?127\.0\.0\.1\b""", cmd), (name, cmd)
@@ -97,16 +97,28 @@ def test_every_mlflow_server_the_project_starts_binds_to_loopback():
 
 # -- the key -------------------------------------------------------------------------------------
 
-def test_the_hmac_key_comes_from_the_environment_and_is_not_logged(settings, monkeypatch, caplog):
+def test_the_hmac_key_comes_from_the_environment_and_is_not_logged(spark, settings, monkeypatch, caplog):
     monkeypatch.setenv(settings.refine.hmac_key_env, KEY)
     with caplog.at_level(logging.DEBUG):
-        assert refine.hmac_key(settings) == KEY.encode()
+        assert refine.hmac_key(spark, settings) == KEY.encode()
     assert KEY not in caplog.text
-    # without it: the public development key, with a loud warning that does not print it
+    # without it, on data that is not generated (no truth in this lake): refused, naming the fix
     monkeypatch.delenv(settings.refine.hmac_key_env)
+    strict = settings.model_copy(update={"refine": settings.refine.model_copy(update={"allow_development_key": False})})
+    with pytest.raises(JobError, match=r"IPSYNERGY_HMAC_KEY is not set: refusing to hash identifiers of real data"):
+        refine.hmac_key(spark, strict)
+    # account exports that carry the generator's stamp count as generated data, in any lake
+    raw = Path(strict.lake_root).parent / "raw"
+    write_accounts(raw)
+    ingest.execute(spark, strict, Summary("ingest"), input_root=str(raw))
+    with pytest.raises(JobError, match="refusing to hash"):
+        refine.hmac_key(spark, strict)
+    (raw / generate.STAMP).write_text("{}")
+    assert refine.hmac_key(spark, strict) == refine.DEV_KEY
+    # allowed (generated data, or the flag): the public development key, with a loud warning
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        assert refine.hmac_key(settings) == refine.DEV_KEY
+        assert refine.hmac_key(spark, settings) == refine.DEV_KEY
     assert "PUBLIC development key" in caplog.text and refine.DEV_KEY.decode() not in caplog.text
 
 
