@@ -103,6 +103,7 @@ def test_no_raw_pii_in_silver(spark, run):
             assert not any(u.lower() in text for u in unions), (table.qualified, text)
 
 
+@pytest.mark.slow  # generates a second lake: the slow suite (CI) keeps make test within 15 minutes
 def test_same_seed_gives_identical_raw_files(spark, run, tmp_path):
     settings, _, _ = run
     other = make_settings(tmp_path / "lake2", *SMALL)
@@ -125,6 +126,7 @@ def test_second_run_changes_nothing(spark, run):
     assert {t.qualified: lake.version(spark, settings, t) for t in tables} == versions
 
 
+@pytest.mark.slow  # ingest and refine again: the slow suite (CI) keeps make test within 15 minutes
 def test_replayed_files_add_nothing(spark, run, tmp_path):
     # GIVEN the same export delivered again under a new name (a replayed batch)
     settings, _, snapshot = run
@@ -143,6 +145,7 @@ def test_replayed_files_add_nothing(spark, run, tmp_path):
         replay.unlink()
 
 
+@pytest.mark.slow  # ingest and refine again: the slow suite (CI) keeps make test within 15 minutes
 def test_an_account_bridging_two_people_rekeys_their_events(spark, run):
     # Runs last in this module: it changes the lake (two people become one, consistently).
     # GIVEN two zhixue accounts of different people, one exporting a phone, the other an email
@@ -180,6 +183,7 @@ def test_an_account_bridging_two_people_rekeys_their_events(spark, run):
     assert "accounts re-keyed" not in again.counts and lake.version(spark, settings, EVENTS) == version
 
 
+@pytest.mark.slow  # generates a third lake, as above
 def test_generate_leaves_nothing_cached(spark, small_lake, tmp_path):
     # Its per-platform caches once stayed cached for the rest of the session (the bench and
     # make run share one), in memory and on local disk. Another seed, so that no plan is
@@ -187,4 +191,4 @@ def test_generate_leaves_nothing_cached(spark, small_lake, tmp_path):
     other = make_settings(tmp_path / "lake", *SMALL, "generate.seed=8", "generate.sessions=500")
     before = persisted_rdds(spark)
     generate.execute(spark, other, Summary("generate"))
-    assert {i: n for i, n in persisted_rdds(spark).items() if i not in before} == {}
+    assert persisted_rdds(spark, since=before) == {}

@@ -72,6 +72,7 @@ def test_daily_tables_equal_a_full_recompute(spark, runs):
     assert_daily_tables_complete(spark, settings)
 
 
+@pytest.mark.slow  # a third aggregate run: the slow suite (CI) keeps make test within 15 minutes
 def test_rerun_replaces_the_slice_and_ignores_events_after_as_of(spark, runs):
     # GIVEN the slices of AS_OF, and late events added to silver: copies of existing users'
     # events shifted past AS_OF, some of them by a user whose first event comes after AS_OF
@@ -101,6 +102,7 @@ def test_rerun_replaces_the_slice_and_ignores_events_after_as_of(spark, runs):
     assert dates == {FIRST, AS_OF}
 
 
+@pytest.mark.slow  # a third aggregate run: the slow suite (CI) keeps make test within 15 minutes
 def test_rekeyed_events_are_re_aggregated(spark, runs):
     # GIVEN one user's events moved to another user id (what refine does when two people turn
     # out to be one), which changes silver rows on many past dates

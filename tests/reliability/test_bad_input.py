@@ -22,6 +22,10 @@ from tests.reliability.helpers import (
 )
 from transforms.schemas import EVENTS, EVENTS_RAW, INGEST_MANIFEST, QUARANTINE, REFINE_LOG
 
+# Bad input of every kind through ingest and refine: the slow suite (make test-slow, CI), with
+# the other fault-injection modules; make test keeps within 15 minutes.
+pytestmark = pytest.mark.slow
+
 VALID_PER_PLATFORM = 6
 
 
@@ -202,7 +206,6 @@ def test_the_huge_record_is_kept_whole_and_the_truncated_file_is_named(spark, pl
     assert [m for m in messages if "truncated.parquet" in m and "unreadable_file" in m]
 
 
-@pytest.mark.slow
 def test_rerun_on_the_same_files_commits_nothing(spark, planted):
     settings, _, _, _, _ = planted
     tables = (EVENTS_RAW, EVENTS, QUARANTINE, REFINE_LOG, INGEST_MANIFEST)
@@ -212,7 +215,6 @@ def test_rerun_on_the_same_files_commits_nothing(spark, planted):
     assert {t.name: lake.version(spark, settings, t) for t in tables} == before
 
 
-@pytest.mark.slow
 def test_duplicates_within_a_batch_and_replayed_records_keep_event_key_unique(spark, planted):
     # Runs last: it adds a delivery to the lake.
     # GIVEN silver after the first delivery, and a second delivery (one batch, two files) holding
@@ -249,4 +251,4 @@ def test_a_file_that_cannot_be_read_stops_ingest_with_its_name(spark, tmp_path):
     gone = tmp_path / "b.parquet"
     # THEN ingest stops with an error naming the file
     with pytest.raises(ingest.IngestError, match=f"cannot read .*{gone.name}"):
-        ingest._read(spark, [str(ok), str(gone)], "parquet").count()
+        ingest.read_records(spark, [str(ok), str(gone)], "parquet").count()

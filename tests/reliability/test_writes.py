@@ -22,6 +22,9 @@ from transforms.schemas import (
     ACCOUNTS_RAW, EVENTS, EVENTS_RAW, IDENTITY_MAP, INGEST_MANIFEST, QUARANTINE, REFINE_LOG, select_contract,
 )
 
+# Fault injection at write time: the slow suite (make test-slow, CI), like the process faults.
+pytestmark = pytest.mark.slow
+
 SILVER = (EVENTS, QUARANTINE, IDENTITY_MAP, REFINE_LOG)
 BRONZE = (EVENTS_RAW, ACCOUNTS_RAW, INGEST_MANIFEST)
 
@@ -69,7 +72,6 @@ def crash_on(monkeypatch, table, after=None):
     monkeypatch.setattr(lake, "merge_insert", merge_insert)
 
 
-@pytest.mark.slow
 def test_refine_crash_between_events_and_quarantine_then_rerun_is_exact(spark, raw, reference, tmp_path, monkeypatch):
     # GIVEN bronze ingested, and a refine that dies after silver.events is committed, before
     # silver.quarantine and silver.refine_log
@@ -93,7 +95,6 @@ def test_refine_crash_between_events_and_quarantine_then_rerun_is_exact(spark, r
     assert again.counts["new silver rows"] == log.new_rows == ev.count() and log.duplicates == 0
 
 
-@pytest.mark.slow
 def test_ingest_crash_between_events_and_accounts_then_rerun_is_exact(spark, raw, reference, tmp_path, monkeypatch):
     # GIVEN an ingest that dies after bronze.events_raw, before accounts_raw and the manifest
     settings = lake_on(tmp_path, raw, "lake")
