@@ -159,16 +159,36 @@ def user_features_sql(silver_files: list[str], daily_files: list[str], as_of: dt
     """gold.user_features (transforms/gold.py) as one DuckDB query."""
     start = as_of - dt.timedelta(days=lookback_days - 1)
     recent = as_of - dt.timedelta(days=period_days - 1)
+    r1_after, r0_after = as_of - dt.timedelta(days=period_days), as_of - dt.timedelta(days=2 * period_days)
     d = lambda x: f"DATE '{x.isoformat()}'"  # noqa: E731
     read = "event_type IN ('view', 'play')"
     return f"""
 WITH lookback AS (
   SELECT * FROM read_parquet({_files(silver_files)}, hive_partitioning = true)
   WHERE event_date BETWEEN {d(start)} AND {d(as_of)}),
+history AS (
+  SELECT * FROM read_parquet({_files(daily_files)}, hive_partitioning = true) WHERE date <= {d(as_of)}),
 seen AS (
-  SELECT user_id, min(date) AS first_date, max(date) AS last_date
-  FROM read_parquet({_files(daily_files)}, hive_partitioning = true)
-  WHERE date <= {d(as_of)} GROUP BY user_id),
+  SELECT user_id, min(date) AS first_date, max(date) AS last_date FROM history GROUP BY user_id),
+paid AS (
+  SELECT user_id, date, CAST(sum(revenue) AS DOUBLE) AS spend FROM history
+  WHERE purchases + subscribes > 0 GROUP BY user_id, date),
+gaps AS (
+  SELECT *, date - lag(date) OVER (PARTITION BY user_id ORDER BY date) AS gap FROM paid),
+rhythm AS (
+  SELECT user_id, count(*) AS purchase_days,
+    CAST({d(as_of)} - max(date) AS INTEGER) AS purchase_recency_days,
+    CAST({d(as_of)} - min(date) AS INTEGER) AS purchase_age_days,
+    avg(gap) AS ipt_mean_days,
+    CASE WHEN count(gap) >= 2 THEN stddev_pop(gap) / avg(gap) END AS ipt_cv,
+    avg(CASE WHEN gap IS NOT NULL THEN spend END) AS repeat_spend_mean
+  FROM gaps GROUP BY user_id),
+trend AS (
+  SELECT user_id, CASE WHEN abs(r1) + abs(r0) > 0 THEN (r1 - r0) / (abs(r1) + abs(r0)) END AS spend_trend
+  FROM (SELECT user_id,
+          coalesce(CAST(sum(CASE WHEN date > {d(r1_after)} THEN revenue END) AS DOUBLE), 0.0) AS r1,
+          coalesce(CAST(sum(CASE WHEN date <= {d(r1_after)} THEN revenue END) AS DOUBLE), 0.0) AS r0
+        FROM history WHERE date > {d(r0_after)} GROUP BY user_id)),
 agg AS (
   SELECT user_id,
     count(DISTINCT event_date) AS active_days, count(*) AS events, count_if({read}) AS reads,
@@ -218,9 +238,14 @@ SELECT s.user_id, {d(as_of)} AS as_of_date,
   CASE WHEN a.rec_impressions > 0 THEN a._clicks / a.rec_impressions END AS rec_ctr,
   CASE WHEN a._clicks > 0 THEN a._rec_purchases / a._clicks END AS rec_conversion,
   CASE WHEN a.orders > 0 THEN a._refunds / a.orders END AS refund_rate,
-  coalesce(a.social_actions, 0) AS social_actions
+  coalesce(a.social_actions, 0) AS social_actions,
+  coalesce(r.purchase_days, 0) AS purchase_days, r.purchase_recency_days, r.purchase_age_days,
+  r.ipt_mean_days, r.ipt_cv,
+  CASE WHEN r.ipt_mean_days > 0 THEN r.purchase_recency_days / r.ipt_mean_days END AS overdue,
+  r.repeat_spend_mean, t.spend_trend
 FROM seen s LEFT JOIN agg a USING (user_id) LEFT JOIN plat p USING (user_id)
-  LEFT JOIN cat c USING (user_id) LEFT JOIN hhi h USING (user_id)"""
+  LEFT JOIN cat c USING (user_id) LEFT JOIN hhi h USING (user_id)
+  LEFT JOIN rhythm r USING (user_id) LEFT JOIN trend t USING (user_id)"""
 
 
 def user_features(con: duckdb.DuckDBPyConnection, silver_files: list[str], daily_files: list[str], as_of: dt.date,

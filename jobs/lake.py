@@ -126,6 +126,7 @@ def _ensure(spark: SparkSession, settings: Settings, table: Table) -> DeltaTable
     for key, value in table.properties.items():
         builder = builder.property(key, value)
     delta = builder.execute()
+    _add_new_columns(spark, path, table, delta)
     properties = delta.detail().select("properties").first()["properties"]
     present = {k.split(".")[-1] for k in properties if k.startswith("delta.constraints.")}
     for name, expr in table.checks.items():
@@ -137,6 +138,23 @@ def _ensure(spark: SparkSession, settings: Settings, table: Table) -> DeltaTable
         spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({pairs})")
     register(spark, settings, table)
     return delta
+
+
+def _add_new_columns(spark: SparkSession, path: str, table: Table, delta: DeltaTable) -> None:
+    """A table written by an older release gains the columns its contract has since added (one
+    ALTER TABLE, a new version; its older rows read null there). A contract column that is not
+    nullable cannot be added to rows that exist: that is a mistake in the contract."""
+    have = set(delta.toDF().columns)
+    new = [f for f in table.schema.fields if f.name not in have]
+    if not new:
+        return
+    strict = [f.name for f in new if not f.nullable]
+    if strict:
+        raise ValueError(f"{table.qualified}: columns {strict} were added to the contract as NOT NULL; a column "
+                         f"added after a table exists must be nullable (its older rows have no value)")
+    columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in new)
+    log.info("%s: adding columns %s (written by an older release)", table.qualified, [f.name for f in new])
+    spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({columns})")
 
 
 def read(spark: SparkSession, settings: Settings, table: Table, as_of_version: int | None = None) -> DataFrame:

@@ -152,7 +152,12 @@ USER_FEATURES = Table(
        ("completion_rate", _D, True), ("platforms_used", _L, False),
        ("platform_share", MapType(_S, _D), False), ("category_share", MapType(_S, _D), False),
        ("creator_hhi", _D, True), ("rec_impressions", _L, False), ("rec_ctr", _D, True),
-       ("rec_conversion", _D, True), ("refund_rate", _D, True), ("social_actions", _L, False)),
+       ("rec_conversion", _D, True), ("refund_rate", _D, True), ("social_actions", _L, False),
+       # Added after the first release: nullable, so that a lake written before keeps working
+       # (its older slices read null here; lake.py adds the columns to the table).
+       ("purchase_days", _L, True), ("purchase_recency_days", _I, True), ("purchase_age_days", _I, True),
+       ("ipt_mean_days", _D, True), ("ipt_cv", _D, True), ("overdue", _D, True),
+       ("repeat_spend_mean", _D, True), ("spend_trend", _D, True)),
     keys=("user_id", "as_of_date"),
     partition_by=("as_of_date",),
 )

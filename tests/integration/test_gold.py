@@ -4,6 +4,7 @@ R_C = net revenue, and Q / E against the planted truth."""
 import datetime as dt
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 from chispa import assert_df_equality
@@ -191,8 +192,30 @@ def pandas_features(ev: pd.DataFrame, users: list[str], as_of: dt.date, lookback
             "rec_impressions": n("impression"), "rec_ctr": rate(clicks, n("impression")),
             "rec_conversion": rate(int(((t == "purchase") & w.is_recommended).sum()), clicks),
             "refund_rate": rate(n("refund"), orders), "social_actions": int(t.isin(["like", "comment", "share", "follow"]).sum()),
+            **pandas_rhythm(mine, as_of, period),
         }
     return out
+
+
+def pandas_rhythm(mine: pd.DataFrame, as_of: dt.date, period: int) -> dict:
+    """gold.purchase_rhythm for one user's events (all of them up to as_of)."""
+    net = mine.groupby("event_date").amount.sum()
+    paid_dates = sorted(mine[mine.event_type.isin(["purchase", "subscribe"])].event_date.unique())
+    r1 = net[net.index > as_of - dt.timedelta(days=period)].sum()
+    r0 = net[(net.index > as_of - dt.timedelta(days=2 * period)) & (net.index <= as_of - dt.timedelta(days=period))].sum()
+    trend = (r1 - r0) / (abs(r1) + abs(r0)) if abs(r1) + abs(r0) > 0 else None
+    if not paid_dates:
+        return {"purchase_days": 0, "purchase_recency_days": None, "purchase_age_days": None, "ipt_mean_days": None,
+                "ipt_cv": None, "overdue": None, "repeat_spend_mean": None, "spend_trend": trend}
+    gaps = np.diff([d.toordinal() for d in paid_dates]).astype(float)
+    mean = gaps.mean() if len(gaps) else None
+    recency = (as_of - paid_dates[-1]).days
+    return {"purchase_days": len(paid_dates), "purchase_recency_days": recency,
+            "purchase_age_days": (as_of - paid_dates[0]).days, "ipt_mean_days": mean,
+            "ipt_cv": gaps.std() / mean if len(gaps) >= 2 else None,
+            "overdue": recency / mean if mean else None,
+            "repeat_spend_mean": float(np.mean([net[d] for d in paid_dates[1:]])) if len(paid_dates) > 1 else None,
+            "spend_trend": trend}
 
 
 def close(a, b) -> bool:

@@ -24,6 +24,7 @@ c1 and c2 are "tech", c3 is "art". 01-06 has no event at all (an empty day).
 import datetime as dt
 from decimal import Decimal
 
+import pandas as pd
 import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
 from pyspark.sql import functions as F
@@ -212,13 +213,63 @@ def test_user_features_by_hand(spark, events, lookback):
         # u1: active 01-07..01-09 (recency 1, tenure 3); 10 events, reads #3 #6 #8; net 100 + 50 - 50;
         # orders #5 #9 (AOV 75); watch 600 + 300 + 120 s; 1 complete / 3 reads; p1 7 of 10 events;
         # reads c1 2, c2 1 -> HHI 4/9 + 1/9; 1 impression, 1 click, 1 recommended purchase; 1 refund / 2 orders
+        # rhythm: paid days 01-07 (net 100) and 01-09 (50 - 50 = 0; 01-11 is after as_of): 2 days,
+        # last 1 and first 3 days ago, one gap of 2 days (no CV below two gaps), 1 day since the
+        # last against a 2-day rhythm (overdue 0.5), repeat spend 0; last 5 days 100, the 5 before 0
         ("u1", AS_OF, 1, 3, 3, 10, 3, 100.0, 100.0, 2, 75.0, 0, 1020 / 3600, 1 / 3, 2,
-         {"p1": 0.7, "p2": 0.3}, {"tech": 1.0}, 5 / 9, 1, 1.0, 1.0, 0.5, 1),
+         {"p1": 0.7, "p2": 0.3}, {"tech": 1.0}, 5 / 9, 1, 1.0, 1.0, 0.5, 1,
+         2, 1, 3, 2.0, None, 0.5, 0.0, 1.0),
         # u2: first 01-03, last 01-08; net 30 - 20, of which -20 in the last 5 days; no orders -> AOV,
         # refund rate undefined; an impression without a click: CTR 0, conversion undefined
+        # rhythm: one paid day (01-03, the subscription; a refund alone is not a paid day), 7 days
+        # ago: no gap, no repeat spend; last 5 days -20, the 5 before 30: trend -50 / 50
         ("u2", AS_OF, 2, 7, 3, 5, 2, 10.0, -20.0, 0, None, 1, 300 / 3600, 0.0, 2,
-         {"p1": 0.6, "p2": 0.4}, {"art": 0.4, "tech": 0.6}, 1.0, 1, 0.0, None, None, 0),
-        # u3: seen once on 12-20, nothing in the window: zero counts, undefined rates, empty maps
-        ("u3", AS_OF, 21, 21, 0, 0, 0, 0.0, 0.0, 0, None, 0, 0.0, None, 0, empty, empty, None, 0, None, None, None, 0),
+         {"p1": 0.6, "p2": 0.4}, {"art": 0.4, "tech": 0.6}, 1.0, 1, 0.0, None, None, 0,
+         1, 7, 7, None, None, None, None, -1.0),
+        # u3: seen once on 12-20, nothing in the window: zero counts, undefined rates, empty maps;
+        # never paid: 0 paid days, no rhythm, no trend (no day in the last 10)
+        ("u3", AS_OF, 21, 21, 0, 0, 0, 0.0, 0.0, 0, None, 0, 0.0, None, 0, empty, empty, None, 0, None, None, None, 0,
+         0, None, None, None, None, None, None, None),
     ])
     assert_approx_df_equality(got, expected, 1e-12, ignore_nullable=True)
+
+
+def test_purchase_rhythm_by_hand(spark):
+    # GIVEN one buyer's daily rows: paid 01-01 (40), 01-03 (10 on p1 + 20 on p2: one paid day),
+    # 01-09 (60, and a refund of 15 the same day), a view-only day 01-12, and a paid day after as_of
+    cols = ["user_id", "platform", "date", "purchases", "subscribes", "revenue"]
+    daily = spark.createDataFrame([
+        ("b", "p1", D(1), 1, 0, Decimal("40.00")), ("b", "p1", D(3), 1, 0, Decimal("10.00")),
+        ("b", "p2", D(3), 0, 1, Decimal("20.00")), ("b", "p1", D(9), 1, 0, Decimal("45.00")),
+        ("b", "p1", D(12), 0, 0, Decimal("0.00")), ("b", "p1", D(20), 1, 0, Decimal("99.00")),
+    ], cols)
+    got = gold.purchase_rhythm(daily, D(17), period_days=8).first().asDict()
+    # THEN three paid days; gaps 2 and 6 days: mean 4, population sd 2, CV 0.5; last paid 8 days
+    # ago (overdue 8 / 4 = 2), first 16 days ago; repeat spend (30 + 45) / 2; the last 8 days
+    # (01-10..01-17) hold 0, the 8 before (01-02..01-09) 75: trend -1
+    assert got == {"user_id": "b", "purchase_days": 3, "purchase_recency_days": 8, "purchase_age_days": 16,
+                   "ipt_mean_days": 4.0, "ipt_cv": pytest.approx(0.5), "repeat_spend_mean": 37.5,
+                   "overdue": 2.0, "spend_trend": -1.0}
+
+
+def test_the_benchmarks_duckdb_user_features_equal_golds(spark, events, lookback, tmp_path):
+    # The bench times gold.user_features against its DuckDB rewrite (bench/baselines.py); the two
+    # must compute the same rows, rhythm included, or the comparison means nothing.
+    from bench import baselines as B
+
+    history = gold.user_platform_daily(events)
+    events.write.partitionBy("event_date").parquet(str(tmp_path / "silver"))
+    history.write.partitionBy("date").parquet(str(tmp_path / "daily"))
+    files = lambda name: [str(p) for p in (tmp_path / name).rglob("*.parquet")]  # noqa: E731
+    sql = B.user_features_sql(files("silver"), files("daily"), AS_OF, lookback_days=10, period_days=5)
+    theirs = B.connect().execute(sql).df().set_index("user_id").sort_index()
+    ours = gold.user_features(lookback, history, AS_OF, period_days=5).toPandas().set_index("user_id").sort_index()
+    assert list(theirs.columns) == list(ours.columns)
+    for col in ours.columns:
+        if col.endswith("_share"):
+            assert [dict(v) for v in theirs[col]] == [dict(v) for v in ours[col]], col
+        elif col == "as_of_date":
+            assert {str(v)[:10] for v in theirs[col]} == {str(v) for v in ours[col]} == {str(AS_OF)}
+        else:
+            a, b = ([None if pd.isna(v) else float(v) for v in df[col]] for df in (theirs, ours))
+            assert a == [v if v is None else pytest.approx(v) for v in b], col

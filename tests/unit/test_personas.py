@@ -19,6 +19,8 @@ from transforms.schemas import USER_FEATURES
 CFG = PersonaSettings(k_min=2, k_max=5, restarts=2, seed=3, max_iter=30, init_steps=3, min_share=0.05,
                       min_stability=0.8, bootstrap_fraction=0.8)
 CENTRES = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+# gold.user_features' purchase rhythm (personas do not read it): a user who never paid
+NO_RHYTHM = (0, None, None, None, None, None, None, None)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +90,8 @@ def test_fitted_pipeline_logs_and_loads_with_the_same_predictions(spark, tmp_pat
         rows.append((f"u{i}", dt.date(2026, 1, 1), 1 if spender else 60, 90, 40 if spender else 1,
                      200 if spender else 3, 50 if spender else 1, 900.0 + i if spender else 0.0, 300.0, 6 if spender else 0,
                      150.0 if spender else None, 1, 20.0, 0.8 if spender else None, 2 if spender else 1,
-                     {"p1": 1.0}, {"finance": 1.0} if spender else {"health": 1.0}, 0.5, 10, 0.2, None, 0.0, 4))
+                     {"p1": 1.0}, {"finance": 1.0} if spender else {"health": 1.0}, 0.5, 10, 0.2, None, 0.0, 4,
+                     *NO_RHYTHM))
     features = spark.createDataFrame(rows, USER_FEATURES.schema)
     flat = P.flatten(features, ["finance", "health"])
     prep = P.prep_pipeline(P.model_columns(flat, ["finance", "health"])[0]).fit(flat)
@@ -111,7 +114,7 @@ def test_model_columns_drop_what_says_nothing_about_users(spark):
     # GIVEN purchase-only users: no watch time, no funnel (rates null), one platform, and a
     # category column only one user has
     rows = [(f"u{i}", dt.date(2026, 1, 1), i % 7, 90, 3 + i, i, 0, 10.0 * i, 0.0, i % 3, 10.0 + i, 0, 0.0, None, 1,
-             {"p1": 1.0}, {"books": 1.0} if i == 0 else {}, None, 0, None, 0.0, 0.0, 0)
+             {"p1": 1.0}, {"books": 1.0} if i == 0 else {}, None, 0, None, 0.0, 0.0, 0, *NO_RHYTHM)
             for i in range(12)]
     flat = P.flatten(spark.createDataFrame(rows, USER_FEATURES.schema), ["books"])
     # WHEN the model's columns are chosen

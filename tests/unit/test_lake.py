@@ -1,0 +1,37 @@
+"""jobs.lake on a table written by an older release: the contract gained columns since."""
+from dataclasses import replace
+
+import pytest
+from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
+
+from jobs import lake
+from tests.conftest import make_settings
+from transforms.schemas import Table
+
+OLD = Table("gold", "evolving", StructType([StructField("user_id", StringType(), False),
+                                            StructField("monetary", DoubleType(), False)]), keys=("user_id",))
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return make_settings(tmp_path / "lake")
+
+
+def test_a_table_written_before_gains_the_new_nullable_columns(spark, settings):
+    # GIVEN a table written under the older contract
+    lake.overwrite(spark, settings, OLD, spark.createDataFrame([("u1", 5.0)], OLD.schema))
+    new = replace(OLD, schema=StructType([*OLD.schema.fields, StructField("purchase_days", LongType(), True),
+                                          StructField("ipt_cv", DoubleType(), True)]))
+    # WHEN the new release writes rows of the new contract beside them
+    lake.upsert(spark, settings, new, spark.createDataFrame([("u2", 7.0, 3, 0.5)], new.schema))
+    # THEN the old row reads null in the new columns, the new row has its values
+    rows = {r.user_id: r.asDict() for r in lake.read(spark, settings, new).collect()}
+    assert rows == {"u1": {"user_id": "u1", "monetary": 5.0, "purchase_days": None, "ipt_cv": None},
+                    "u2": {"user_id": "u2", "monetary": 7.0, "purchase_days": 3, "ipt_cv": 0.5}}
+
+
+def test_a_new_column_that_is_not_nullable_is_refused_naming_it(spark, settings):
+    lake.overwrite(spark, settings, OLD, spark.createDataFrame([("u1", 5.0)], OLD.schema))
+    strict = replace(OLD, schema=StructType([*OLD.schema.fields, StructField("purchase_days", LongType(), False)]))
+    with pytest.raises(ValueError, match=r"gold\.evolving: columns \['purchase_days'\] .* must be nullable"):
+        lake.ensure(spark, settings, strict)
