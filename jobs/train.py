@@ -54,7 +54,7 @@ from jobs.cli import JobError, Summary, run_job
 from jobs.config import NetSettings, Settings
 from ml import revenue as R
 from transforms import training as T
-from transforms.gold import platforms_in
+from transforms import gold
 from transforms.schemas import EVENTS, USER_PERSONAS
 
 log = logging.getLogger(__name__)
@@ -99,13 +99,15 @@ def training_rows(spark: SparkSession, settings: Settings, model: str, silver: D
         raise NotEnoughData(f"silver.events ends {last}, before --as-of {settings.as_of}: the test labels "
                                 f"({test_date} to {settings.as_of}) would be cut short; use --as-of {last} or refine newer data")
     known = silver.where(F.col("event_date") <= F.lit(settings.as_of))
-    platforms = platforms_in(known)
+    platforms = gold.platforms_in(known)
     categories = sorted(r[0] for r in known.where(F.col("category").isNotNull()).select("category").distinct().collect())
     dates = [*train_dates, test_date]
     if model == "user_revenue":
         spec = T.user_spec(platforms, categories)
-        parts = [T.user_rows(silver, t, cfg.horizon_days, gcfg.lookback_days, gcfg.period_days, spec, platforms,
-                             categories) for t in dates]
+        # One daily history for every feature date (each reads its own days up to t).
+        daily = gold.user_platform_daily(known)
+        parts = [T.user_rows(silver, daily, t, cfg.horizon_days, gcfg.lookback_days, gcfg.period_days, spec,
+                             platforms, categories) for t in dates]
         rows = reduce(DataFrame.unionByName, parts)
         persona = F.lit("(none)")
         if personas_version is not None:
@@ -239,7 +241,11 @@ def train_one(settings: Settings, spec: T.ModelSpec, log_mask: np.ndarray, net: 
             log.info("%s fold %d/%d epoch %d/%d: train loss %.4f, held-out loss %.4f", spec.name, fold + 1,
                      settings.train.folds, epoch, net.max_epochs, train_loss, val_loss)
 
-        fitted = R.cross_fit(train.x, train.y, train.w, train.fold, log_mask, net, settings.train.seed, progress)
+        # The total is calibrated on the latest training date: its labels end where the test
+        # split's features begin, the most recent fully observed horizon (never the test labels).
+        latest = (train.frame["as_of_date"] == train.frame["as_of_date"].max()).to_numpy()
+        fitted = R.cross_fit(train.x, train.y, train.w, train.fold, log_mask, net, settings.train.seed, progress,
+                             calibrate=latest)
         now = int(time.time() * 1000)
         history = [Metric(f"{key}_fold{k}", v, now, e) for k, f in enumerate(fitted.folds) for e, tl, vl in f.history
                    for key, v in (("train_loss", tl), ("val_loss", vl))]
@@ -252,6 +258,7 @@ def train_one(settings: Settings, spec: T.ModelSpec, log_mask: np.ndarray, net: 
         mlflow.log_metrics({**{f"epochs_fold{k}": len(f.history) for k, f in enumerate(fitted.folds)},
                             **{f"best_epoch_fold{k}": f.best_epoch for k, f in enumerate(fitted.folds)},
                             "calibration_scale": float(fitted.model.scale),
+                            "calibration_rows": int(latest.sum()),
                             "fit_seconds": time.monotonic() - started})
         deciles = R.deciles(test.y, predicted, test.w)
         mlflow.log_table(deciles, "decile_calibration.json")

@@ -188,12 +188,16 @@ class CrossFit:
 
 def cross_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, fold: np.ndarray, log_mask: np.ndarray,
               net: NetSettings, seed: int,
-              progress: Callable[[int, int, float, float], None] | None = None) -> CrossFit:
+              progress: Callable[[int, int, float, float], None] | None = None,
+              calibrate: np.ndarray | None = None) -> CrossFit:
     """K-fold cross-fitting: for each fold, a network trained on the other folds and early-
     stopped on this one. The ensemble averages them (less variance than one network), and
-    the out-of-fold predictions fix one calibration factor over every training row: the
-    lognormal mean exp(mu + sigma^2 / 2) is sensitive to sigma in the tail, and an estimate
-    on all rows is far steadier than one on a single validation fold."""
+    the out-of-fold predictions fix one calibration factor: the lognormal mean
+    exp(mu + sigma^2 / 2) is sensitive to sigma in the tail, and an estimate on many rows is
+    far steadier than one on a single validation fold. ``calibrate`` (a row mask) picks the
+    rows it is fitted on: the latest training date's, whose labels are the most recent ones
+    fully observed, so the total follows the customer base as it is now (acquisition and
+    dropout shift it between dates); all rows when None."""
     fits, oof = [], np.zeros(len(y))
     for i, k in enumerate(np.unique(fold)):
         held = fold == k
@@ -201,7 +205,8 @@ def cross_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, fold: np.ndarray, log
         f = fit(x[~held], y[~held], w[~held], x[held], y[held], w[held], log_mask, net, seed + i, report)
         oof[held] = predict(f.model, x[held])
         fits.append(f)
-    predicted, actual = float(np.sum(w * oof)), float(np.sum(w * np.clip(y, 0, None)))
+    on = np.ones(len(y), dtype=bool) if calibrate is None else calibrate
+    predicted, actual = float(np.sum((w * oof)[on])), float(np.sum((w * np.clip(y, 0, None))[on]))
     scale = actual / predicted if predicted > 0 and actual > 0 else 1.0
     return CrossFit(Ensemble([f.model for f in fits], scale), fits, oof * scale)
 

@@ -28,6 +28,12 @@ USER_NUMERIC = ("recency_days", "active_days", "events", "reads", "monetary",
                 "rec_conversion", "refund_rate", "social_actions")
 USER_LOG = ("recency_days", "active_days", "events", "reads", "monetary", "monetary_recent",
             "orders", "avg_order_value", "subscriptions", "watch_hours", "rec_impressions", "social_actions")
+# The purchase rhythm of gold.user_features (purchase_days, ipt_*, overdue, ...) is not read
+# yet: it counts over all history, and the data starts on one day for everyone, so like tenure
+# it grows between training dates. Measured on generated data (1,000 users, 4 training
+# dates, latest-date calibration): predicted / actual went from 0.87 on the first training
+# date (out of fold) to 1.07 on the test date with it, from 0.93 to 1.00 without it, and the
+# held-out Gini did not improve (0.840 against 0.842). It waits for data with dropout.
 PAIR_NUMERIC = ("q", "completion_rate", "engagement_rate", "repeat_rate", "conversion_rate", "retention_rate",
                 "k_items", "reads", "r_reads_per_item", "revenue", "x_revenue_per_read", "impressions",
                 "ctr", "rec_read_share", "rec_revenue_share", "e", "e_p", "reads_other", "revenue_other",
@@ -101,11 +107,13 @@ def _with_target(rows: DataFrame, events: DataFrame, keys: list[str], t: dt.date
     return rows.join(label, keys, "left").withColumn("label", F.coalesce(F.col("label"), F.lit(0.0)))
 
 
-def user_rows(events: DataFrame, t: dt.date, horizon: int, lookback_days: int, period_days: int,
+def user_rows(events: DataFrame, daily: DataFrame, t: dt.date, horizon: int, lookback_days: int, period_days: int,
               spec: ModelSpec, platforms: list[str], categories: list[str]) -> DataFrame:
-    """One row per user seen on or before ``t``: features as of ``t``, label."""
+    """One row per user seen on or before ``t``: features as of ``t``, label. ``daily``:
+    gold.user_platform_daily of ``events`` (any dates: only those up to ``t`` are read), the
+    history that gold.user_features reads, so the features equal the gold table's."""
     lookback = gold.window(events, gold.lookback_start(t, lookback_days), t)
-    history = events.where(F.col("event_date") <= F.lit(t)).select("user_id", F.col("event_date").alias("date"))
+    history = daily.where(F.col("date") <= F.lit(t))
     features = user_model_frame(gold.user_features(lookback, history, t, period_days), spec, platforms, categories)
     return _with_target(features, events, ["user_id"], t, horizon).select(*spec.keys, "as_of_date", *spec.features,
                                                                           "label")

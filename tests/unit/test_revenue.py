@@ -13,6 +13,7 @@ from sklearn.metrics import r2_score
 
 from jobs.config import NetSettings
 from ml import revenue as R
+from transforms import gold
 from transforms import training as T
 from transforms.schemas import EVENTS
 
@@ -56,6 +57,20 @@ def test_cross_fitted_ensemble_is_calibrated_on_out_of_fold_predictions():
     members = np.mean([R.predict(f.model, xt) for f in crossed.folds], axis=0)
     np.testing.assert_allclose(R.predict(crossed.model, xt), float(crossed.model.scale) * members, rtol=1e-5)
     assert r2_score(yt, R.predict(crossed.model, xt)) > 0.9
+
+
+def test_the_total_is_calibrated_on_the_rows_asked_for():
+    # GIVEN the same relation, but the latest rows (the last third) spend 1.5 times as much:
+    # the customer base grew between the training dates
+    rng = np.random.default_rng(1)
+    x, y = planted(2400, rng)
+    latest = np.arange(len(y)) >= 1600
+    y = np.where(latest, 1.5 * y, y)
+    w, fold = np.ones(len(y)), np.arange(len(y)) % 3
+    crossed = R.cross_fit(x, y, w, fold, np.zeros(6, bool), NetSettings(hidden=(32,)), seed=4, calibrate=latest)
+    # THEN the calibrated total matches the latest rows' total, not the whole training set's
+    assert np.sum(crossed.out_of_fold[latest]) == pytest.approx(np.sum(y[latest]), rel=1e-6)
+    assert np.sum(crossed.out_of_fold) > 1.05 * np.sum(y)
 
 
 def test_the_network_imputes_missing_and_log_scales_inside_the_model():
@@ -174,7 +189,8 @@ def events(spark, rows):
 
 def user_table(spark, rows):
     spec = T.user_spec(PLATFORMS, CATEGORIES)
-    df = T.user_rows(events(spark, rows), T0, 5, 10, 5, spec, PLATFORMS, CATEGORIES)
+    evs = events(spark, rows)
+    df = T.user_rows(evs, gold.user_platform_daily(evs), T0, 5, 10, 5, spec, PLATFORMS, CATEGORIES)
     return {r.user_id: r.asDict() for r in df.collect()}, spec
 
 
