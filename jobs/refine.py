@@ -133,7 +133,7 @@ def report_reasons(quarantine: DataFrame, read: int, summary: Summary, settings:
     rows = refine.reason_counts(quarantine).collect()
     if not rows:
         return []
-    summary.note(f"quarantine reasons ({sum(1 for _ in rows)}), of {read:,} records read:")
+    summary.note(f"quarantine reasons ({len(rows)}), of {read:,} records read:")
     for r in rows:
         summary.count(f"quarantined: {r.reason}", r.records)
         example = (r.example_raw or "")[:100].replace("\n", " ")

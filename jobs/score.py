@@ -33,6 +33,7 @@ from jobs import lake, tracking
 from jobs.cli import JobError, Summary, run_job
 from jobs.config import Settings
 from ml import revenue as R
+from transforms import gold
 from transforms import scoring as S
 from transforms import training as T
 from transforms.schemas import (
@@ -62,10 +63,6 @@ def predict(spark: SparkSession, frame: DataFrame, uri: str, inputs: list[str]) 
     """``frame`` with a ``prediction`` column from the logged model, in Arrow batches on the executors."""
     udf = mlflow.pyfunc.spark_udf(spark, uri, result_type="double", env_manager="local")
     return frame.withColumn("prediction", udf(*inputs))
-
-
-def platforms_in_slice(df: DataFrame) -> list[str]:
-    return sorted(r.platform for r in df.select("platform").distinct().collect())
 
 
 def _slice(spark: SparkSession, settings: Settings, table) -> tuple[DataFrame, int]:
@@ -139,7 +136,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
 
     # -- platforms ----------------------------------------------------------------------------
     written = lake.read(spark, settings, USER_REVENUE_SCORES, as_of_version=scores_v).where(F.col("as_of_date") == F.lit(as_of))
-    metrics = S.revenue_metrics(platform_period, pairs, written, features, platforms_in_slice(platform_period), as_of,
+    metrics = S.revenue_metrics(platform_period, pairs, written, features, gold.platforms_in(platform_period), as_of,
                                 user_lineage, {"platform_period": platform_v, "user_features": features_v})
     summary.table(REVENUE_METRICS.qualified, lake.replace_where(spark, settings, REVENUE_METRICS, metrics, as_of_slice))
 
