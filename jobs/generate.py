@@ -3,7 +3,7 @@
 Writes <raw>/<platform>/{events,accounts}/part-NNNNN.<ext> in each platform's own format
 and the truth tables lake/truth/{accounts,creators,platforms,defects}. Same seed and
 sizes, same files. Sizes: --set generate.sessions=... (about 1.9 events a session);
-see README "The generator" (its scaling table) for 10^7 and 10^8 events.
+see docs/generator.md (its scaling table) for 10^7 and 10^8 events.
 """
 from __future__ import annotations
 
