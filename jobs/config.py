@@ -183,6 +183,9 @@ class TrainSettings(_Strict):
     # Rows kept for training (with validation), and for test, by stratified sampling (persona x
     # payer); weights undo the sampling.
     sample_cap: int = Field(200_000, ge=100)
+    # Customers (users with a paid day) whose RFM summary the BTYD baseline is fitted on, per
+    # feature date; above it, a hash sample of them. Only that summary reaches the driver.
+    btyd_sample_cap: int = Field(200_000, ge=100)
     # Users are split into this many folds; one network per fold is early-stopped on it and
     # the ensemble averages them.
     folds: int = Field(5, ge=2)

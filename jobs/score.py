@@ -32,6 +32,7 @@ from pyspark.sql import functions as F
 from jobs import lake, tracking
 from jobs.cli import JobError, Summary, run_job
 from jobs.config import Settings
+from ml import btyd
 from ml import revenue as R
 from transforms import gold
 from transforms import scoring as S
@@ -107,7 +108,17 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
         personas_v = lake.version(spark, settings, USER_PERSONAS)
         personas = (lake.read(spark, settings, USER_PERSONAS, as_of_version=personas_v)
                     .where(F.col("as_of_date") == F.lit(as_of)))
-    scored = predict(spark, T.user_model_frame(features, spec, platforms, categories), user_lineage["uri"], inputs)
+    frame = T.user_model_frame(features, spec, platforms, categories)
+    # BG/NBD x Gamma-Gamma fitted on today's customers: P(alive) for the scores, and the
+    # champion's BTYD features when it reads them.
+    fitted = btyd.fit(btyd.rfm_sample(frame, settings.train.btyd_sample_cap, settings.train.seed))
+    if fitted is None:
+        summary.note(f"BTYD: too few repeat customers as of {as_of} to fit BG/NBD x Gamma-Gamma: p_alive and "
+                     f"btyd_revenue stay empty")
+    else:
+        summary.note(f"BTYD fitted on {fitted.customers:,} customers ({fitted.repeat_customers:,} repeat)")
+    frame = btyd.with_outputs(frame, fitted, settings.train.horizon_days)
+    scored = predict(spark, frame, user_lineage["uri"], inputs)
     users = S.user_scores(scored, personas, as_of, settings.train.horizon_days, user_lineage, features_v, personas_v)
     log.info("scoring users with %s v%s", user_lineage["model_name"], user_lineage["model_version"])
     scores_v = lake.replace_where(spark, settings, USER_REVENUE_SCORES, users, as_of_slice)

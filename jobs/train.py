@@ -14,8 +14,10 @@ the metrics unbiased; only the sample reaches pandas.
 
 Every run logs parameters, per-epoch losses, the input tables with their versions, held-out
 metrics (test_rmse, test_mae, test_gini, test_spearman, test_total_error_pct) and the same for
-the baselines (baseline_<naive|linear|hgb>_test_<metric>), plots, and every candidate model
-(the network and the three baselines) with its signature. The run's winner is registered as
+the baselines (baseline_<naive|linear|hgb|btyd>_test_<metric>), plots, and every candidate model
+(the network and the baselines) with its signature. The BTYD baseline (ml/btyd.py: BG/NBD x
+Gamma-Gamma, fitted per feature date on the customers' RFM summary) also gives the user
+model three features. The run's winner is registered as
 <prefix>-<model>: among the candidates whose |total error| is no worse than the naive
 baseline's (naive always is), the highest held-out Gini. It becomes `champion` unless the
 current champion, re-scored on the same split, is eligible too and ranks at least as well, so
@@ -52,6 +54,7 @@ from pyspark.sql import functions as F
 from jobs import lake, tracking
 from jobs.cli import JobError, Summary, run_job
 from jobs.config import NetSettings, Settings
+from ml import btyd
 from ml import revenue as R
 from transforms import training as T
 from transforms import gold
@@ -226,7 +229,7 @@ def ml_folder(scratch: str) -> str:
 
 def train_one(settings: Settings, spec: T.ModelSpec, log_mask: np.ndarray, net: NetSettings, train: Split, test: Split,
               baselines: dict, base: dict[str, dict[str, float]], champion, inputs: list, params: dict,
-              run_name: str) -> tuple[dict[str, float], R.Decision, str, str]:
+              run_name: str, btyd_fits: dict | None = None) -> tuple[dict[str, float], R.Decision, str, str]:
     """One MLflow run: fit the network, evaluate it beside the baselines, log every candidate,
     register the run's winner and promote it if it beats the champion (R.choose). Returns
     (the network's metrics, decision, registered version, run id)."""
@@ -262,6 +265,8 @@ def train_one(settings: Settings, spec: T.ModelSpec, log_mask: np.ndarray, net: 
                             "fit_seconds": time.monotonic() - started})
         deciles = R.deciles(test.y, predicted, test.w)
         mlflow.log_table(deciles, "decile_calibration.json")
+        if btyd_fits:
+            mlflow.log_dict({str(t): f.as_dict() if f else None for t, f in btyd_fits.items()}, "btyd_fits.json")
         with tempfile.TemporaryDirectory() as tmp:
             for path in _plots(test, predicted, fitted.folds, deciles, spec.name, Path(tmp)):
                 mlflow.log_artifact(str(path), "plots")
@@ -302,7 +307,8 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, models: t
                          "is no creator x platform revenue to learn; synergy and expansion are skipped too")
             continue
         try:
-            spec, train, test, train_dates, test_date = training_data(spark, settings, model, silver, personas_version)
+            spec, train, test, train_dates, test_date, fits = training_data(spark, settings, model, silver,
+                                                                             personas_version)
         except NotEnoughData as err:
             if model == "user_revenue":
                 raise
@@ -319,8 +325,14 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, models: t
                          f"{', '.join(dropped)}")
         log_mask = np.array([f in spec.log_features for f in spec.features])
         factor = cfg.horizon_days / settings.gold.period_days
+        btyd_columns = None
+        if fits and all(f is not None for f in fits.values()) and {"btyd_purchases", "btyd_spend"} <= set(spec.features):
+            btyd_columns = (spec.features.index("btyd_purchases"), spec.features.index("btyd_spend"))
+        elif model == "user_revenue":
+            summary.note(f"{model}: no BTYD baseline (too few repeat customers on some feature date to fit BG/NBD x "
+                         f"Gamma-Gamma, at least {btyd.MIN_REPEAT_CUSTOMERS} needed)")
         baselines = R.fit_baselines(train.x, train.y, train.w, log_mask, cfg.seed,
-                                    spec.features.index(spec.naive_column), factor)
+                                    spec.features.index(spec.naive_column), factor, btyd_columns)
         base = {b: R.metrics(test.y, m.predict(test.x), test.w) for b, m in baselines.items()}
         name = tracking.model_name(settings, spec.name)
         champion = champion_metrics(settings, model, test)
@@ -337,6 +349,8 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, models: t
                   "features": len(spec.features), "features_dropped": ",".join(dropped) or "(none)",
                   "rows_train": len(train.y), "folds": cfg.folds,
                   "rows_test": len(test.y), "sklearn": sklearn.__version__, "sweep": sweep}
+        if fits.get(test_date) is not None:  # the fit that scored the test split; the others are in btyd_fits.json
+            params.update({f"btyd_{k}": v for k, v in fits[test_date].as_dict().items()})
         summary.note(f"{model}: train dates {', '.join(map(str, train_dates))}; test date {test_date} "
                      f"(labels {cfg.horizon_days} days after each)")
         summary.note("  baselines: " + "; ".join(f"{b} Gini {m['gini']:.3f} Spearman {m['spearman']:.3f} "
@@ -349,7 +363,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, models: t
         for i, net in enumerate(nets):
             run_name = f"{model}-{settings.as_of}" + (f"-sweep{i}" if sweep else "")
             scores, decision, version, run_id = train_one(settings, spec, log_mask, net, train, test, baselines, base,
-                                                          champion, inputs, params, run_name)
+                                                          champion, inputs, params, run_name, fits)
             verdict = "promoted to @champion" if decision.promote else "registered, not promoted"
             summary.note(f"  torch (hidden {list(net.hidden)}): Gini {scores['gini']:.3f}, Spearman "
                          f"{scores['spearman']:.3f}, RMSE {scores['rmse']:.2f}, total error "
@@ -377,8 +391,13 @@ def training_data(spark: SparkSession, settings: Settings, model: str, silver: D
     fold = F.abs(F.xxhash64(F.lit(cfg.seed + 1), *[F.col(k) for k in keys])) % cfg.folds
     sampled = (sampled.withColumn("split", F.when(is_test, "test").otherwise("train"))
                       .withColumn("fold", F.when(is_test, F.lit(-1)).otherwise(fold)))
-    pdf = (sampled.select(*keys, "as_of_date", *spec.features, "label", "weight", "split", "fold")
+    carried = T.RFM_COLUMNS if model == "user_revenue" else ()
+    own = [c for c in spec.features if c not in T.BTYD_OUTPUTS]
+    pdf = (sampled.select(*keys, "as_of_date", *own, *carried, "label", "weight", "split", "fold")
            .toPandas().sort_values([*keys, "as_of_date"], kind="mergesort"))  # same order on any cluster
+    fits = {}
+    if model == "user_revenue":
+        pdf, fits = _with_btyd(rows, pdf, [*train_dates, test_date], cfg)
     rows.unpersist()
     train, test = (_split(pdf[pdf["split"] == s].reset_index(drop=True), spec) for s in ("train", "test"))
     if len(np.unique(train.fold)) < cfg.folds or len(test.y) == 0 or (test.y > 0).sum() == 0:
@@ -386,7 +405,27 @@ def training_data(spark: SparkSession, settings: Settings, model: str, silver: D
                             f"{len(np.unique(train.fold))} of {cfg.folds} folds, test {len(test.y)} rows, "
                             f"{(test.y > 0).sum()} with revenue in the test window); ingest more history before "
                             f"--as-of {settings.as_of}, or lower train.folds")
-    return spec, train, test, train_dates, test_date
+    return spec, train, test, train_dates, test_date, fits
+
+
+def _with_btyd(rows: DataFrame, pdf: pd.DataFrame, dates: list, cfg) -> tuple[pd.DataFrame, dict]:
+    """``pdf`` with the BTYD outputs: for each feature date, BG/NBD x Gamma-Gamma fitted on the
+    RFM summary of that date's customers (all rows, not the sample; above
+    train.btyd_sample_cap a sample), then applied to the date's sampled rows. A fit uses
+    nothing after its date, so the features stay point in time. Returns the fits by date."""
+    pdf = pdf.reset_index(drop=True)
+    outputs, fits = [], {}
+    for t in dates:
+        started = time.monotonic()
+        on = rows.where(F.col("as_of_date") == F.lit(t))
+        fits[t] = btyd.fit(btyd.rfm_sample(on, cfg.btyd_sample_cap, cfg.seed))
+        at = pdf.index[pdf["as_of_date"] == t]
+        outputs.append(btyd.predict(fits[t], pdf.loc[at], cfg.horizon_days))
+        log.info("BTYD fit as of %s in %.1f s: %s", t, time.monotonic() - started, fits[t])
+    added = pd.concat(outputs).reindex(pdf.index)
+    if any(f is None for f in fits.values()):  # features must mean the same on every date: all or none
+        added[:] = np.nan
+    return pd.concat([pdf, added], axis=1), fits
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:

@@ -288,10 +288,10 @@ def deciles(actual: np.ndarray, predicted: np.ndarray, weight: np.ndarray) -> pd
 
 # -- baselines ----------------------------------------------------------------------------
 # Candidates in order of preference when their held-out Gini ties: the network first.
-CANDIDATES = ("torch", "hgb", "linear", "naive")
+CANDIDATES = ("torch", "hgb", "linear", "btyd", "naive")
 # Types in the baselines that MLflow's skops format must be told are safe to load: ours, and
 # gradient boosting's trees (unsafe only in a file someone else crafted; these we write).
-TRUSTED_TYPES = ["ml.revenue.NaiveRevenue", "ml.revenue.signed_log", "numpy.dtype",
+TRUSTED_TYPES = ["ml.revenue.NaiveRevenue", "ml.revenue.BTYDRevenue", "ml.revenue.signed_log", "numpy.dtype",
                  "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
 
 
@@ -311,11 +311,30 @@ class NaiveRevenue(BaseEstimator, RegressorMixin):
         return np.nan_to_num(np.asarray(x, dtype=np.float64)[:, self.column]) * self.factor
 
 
+class BTYDRevenue(BaseEstimator, RegressorMixin):
+    """The BTYD baseline as a model: expected paid days in the horizon (feature ``purchases``)
+    times expected spend per paid day (feature ``spend``), both computed by ml.btyd from its
+    BG/NBD x Gamma-Gamma fit as of the row's date. Nothing is learnt from the labels."""
+
+    def __init__(self, purchases: int = 0, spend: int = 1):
+        self.purchases = purchases
+        self.spend = spend
+
+    def fit(self, x, y=None, sample_weight=None) -> "BTYDRevenue":
+        return self
+
+    def predict(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        return np.nan_to_num(x[:, self.purchases]) * np.nan_to_num(x[:, self.spend])
+
+
 def fit_baselines(x: np.ndarray, y: np.ndarray, w: np.ndarray, log_mask: np.ndarray, seed: int,
-                  naive_column: int, naive_factor: float) -> dict[str, BaseEstimator]:
+                  naive_column: int, naive_factor: float,
+                  btyd_columns: tuple[int, int] | None = None) -> dict[str, BaseEstimator]:
     """The baselines, fitted on the same training rows and weights: naive (revenue of the
     previous period, scaled), linear (ridge on the same signed-log, imputed, standardised
-    features) and scikit-learn's HistGradientBoosting with a Poisson loss. Each takes the raw
+    features), scikit-learn's HistGradientBoosting with a Poisson loss, and BTYD where
+    ``btyd_columns`` (expected purchases, spend per purchase) are given. Each takes the raw
     feature columns, as the network does."""
     from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.impute import SimpleImputer
@@ -328,7 +347,10 @@ def fit_baselines(x: np.ndarray, y: np.ndarray, w: np.ndarray, log_mask: np.ndar
     linear.fit(x, y, ridge__sample_weight=w)
     hgb = HistGradientBoostingRegressor(loss="poisson", random_state=seed)
     hgb.fit(x, np.clip(y, 0, None), sample_weight=w)
-    return {"naive": NaiveRevenue(naive_column, naive_factor), "linear": linear, "hgb": hgb}
+    out = {"naive": NaiveRevenue(naive_column, naive_factor), "linear": linear, "hgb": hgb}
+    if btyd_columns is not None:
+        out["btyd"] = BTYDRevenue(*btyd_columns)
+    return out
 
 
 def informative(x: np.ndarray) -> np.ndarray:

@@ -227,7 +227,10 @@ USER_REVENUE_SCORES = Table(
     "gold", "user_revenue_scores",
     _s(("user_id", _S, False), ("as_of_date", DateType(), False), ("predicted_revenue", _D, False),
        ("horizon_days", _I, False), ("persona_id", _I, True), ("persona_label", _S, True), *_LINEAGE,
-       ("user_features_version", _L, False), ("user_personas_version", _L, True)),
+       ("user_features_version", _L, False), ("user_personas_version", _L, True),
+       # The BTYD baseline's view of the user (null for one who never paid, or without a fit):
+       # P(alive), the churn risk's complement, and its revenue forecast over the horizon.
+       ("p_alive", _D, True), ("btyd_revenue", _D, True)),
     keys=("user_id", "as_of_date"),
     partition_by=("as_of_date",),
     checks={"prediction_not_negative": "predicted_revenue >= 0"},

@@ -32,8 +32,10 @@ def _lineage(lineage: Mapping[str, str]) -> list:
 
 def user_scores(scored: DataFrame, personas: DataFrame | None, as_of: dt.date, horizon: int,
                 lineage: Mapping[str, str], features_version: int, personas_version: int | None) -> DataFrame:
-    """gold.user_revenue_scores: one row per scored user with its persona and lineage."""
-    out = scored.select("user_id", "prediction")
+    """gold.user_revenue_scores: one row per scored user with its persona, lineage and the
+    BTYD view of it (``scored`` carries the T.BTYD_OUTPUTS columns)."""
+    out = scored.select("user_id", "prediction", F.col("btyd_p_alive").alias("p_alive"),
+                        (F.col("btyd_purchases") * F.col("btyd_spend")).alias("btyd_revenue"))
     if personas is not None:
         out = out.join(personas.select("user_id", "persona_id", "persona_label"), "user_id", "left")
     else:

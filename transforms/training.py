@@ -34,6 +34,13 @@ USER_LOG = ("recency_days", "active_days", "events", "reads", "monetary", "monet
 # dates, latest-date calibration): predicted / actual went from 0.87 on the first training
 # date (out of fold) to 1.07 on the test date with it, from 0.93 to 1.00 without it, and the
 # held-out Gini did not improve (0.840 against 0.842). It waits for data with dropout.
+# The RFM summary that the BTYD baseline (ml/btyd.py) is fitted on and scores: the purchase
+# rhythm columns of gold.user_features, carried beside the features.
+RFM_COLUMNS = ("purchase_days", "purchase_recency_days", "purchase_age_days", "repeat_spend_mean")
+# What the BTYD baseline adds to each row, read by the user model as features: expected paid
+# days in the horizon, P(alive), expected spend per paid day.
+BTYD_OUTPUTS = ("btyd_purchases", "btyd_p_alive", "btyd_spend")
+BTYD_LOG = ("btyd_purchases", "btyd_spend")
 PAIR_NUMERIC = ("q", "completion_rate", "engagement_rate", "repeat_rate", "conversion_rate", "retention_rate",
                 "k_items", "reads", "r_reads_per_item", "revenue", "x_revenue_per_read", "impressions",
                 "ctr", "rec_read_share", "rec_revenue_share", "e", "e_p", "reads_other", "revenue_other",
@@ -59,8 +66,9 @@ class ModelSpec:
 
 def user_spec(platforms: list[str], categories: list[str]) -> ModelSpec:
     return ModelSpec("user_revenue", ("user_id",),
-                     (*USER_NUMERIC, *[f"platform_{p}" for p in platforms], *[f"cat_{c}" for c in categories]),
-                     USER_LOG, "monetary_recent")
+                     (*USER_NUMERIC, *BTYD_OUTPUTS, *[f"platform_{p}" for p in platforms],
+                      *[f"cat_{c}" for c in categories]),
+                     (*USER_LOG, *BTYD_LOG), "monetary_recent")
 
 
 def pair_spec(platforms: list[str], categories: list[str]) -> ModelSpec:
@@ -89,11 +97,13 @@ def share_columns(shares: Column, keys: list[str], prefix: str) -> list[Column]:
 
 def user_model_frame(features: DataFrame, spec: ModelSpec, platforms: list[str], categories: list[str]) -> DataFrame:
     """gold.user_features rows as the user model's input: keys, as_of_date, the spec's features
-    as doubles (shares flattened)."""
-    flat = features.select("user_id", "as_of_date", *USER_NUMERIC,
+    as doubles (shares flattened) but the BTYD outputs, and the RFM summary those are made of
+    (ml.btyd adds them)."""
+    flat = features.select("user_id", "as_of_date", *USER_NUMERIC, *RFM_COLUMNS,
                            *share_columns(F.col("platform_share"), platforms, "platform_"),
                            *share_columns(F.col("category_share"), categories, "cat_"))
-    return flat.select("user_id", "as_of_date", *[F.col(c).cast("double").alias(c) for c in spec.features])
+    own = [c for c in spec.features if c not in BTYD_OUTPUTS]
+    return flat.select("user_id", "as_of_date", *[F.col(c).cast("double").alias(c) for c in [*own, *RFM_COLUMNS]])
 
 
 def _revenue_between(events: DataFrame, keys: list[str], after: dt.date, through: dt.date, name: str) -> DataFrame:
@@ -109,14 +119,14 @@ def _with_target(rows: DataFrame, events: DataFrame, keys: list[str], t: dt.date
 
 def user_rows(events: DataFrame, daily: DataFrame, t: dt.date, horizon: int, lookback_days: int, period_days: int,
               spec: ModelSpec, platforms: list[str], categories: list[str]) -> DataFrame:
-    """One row per user seen on or before ``t``: features as of ``t``, label. ``daily``:
+    """One row per user seen on or before ``t``: features as of ``t`` (but the BTYD outputs),
+    the RFM summary, label. ``daily``:
     gold.user_platform_daily of ``events`` (any dates: only those up to ``t`` are read), the
     history that gold.user_features reads, so the features equal the gold table's."""
     lookback = gold.window(events, gold.lookback_start(t, lookback_days), t)
     history = daily.where(F.col("date") <= F.lit(t))
     features = user_model_frame(gold.user_features(lookback, history, t, period_days), spec, platforms, categories)
-    return _with_target(features, events, ["user_id"], t, horizon).select(*spec.keys, "as_of_date", *spec.features,
-                                                                          "label")
+    return _with_target(features, events, ["user_id"], t, horizon).select(*features.columns, "label")
 
 
 def pair_model_frame(quality: DataFrame, pairs: DataFrame, spec: ModelSpec, platforms: list[str],

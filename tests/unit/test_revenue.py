@@ -203,8 +203,10 @@ def test_user_rows_label_the_next_horizon_and_use_nothing_after_t(spark):
     # leakage: more events after t change no feature; inside the label window they change the label
     leaked, _ = user_table(spark, EVENTS_ROWS + LATE)
     assert sorted(leaked) == ["u1", "u2"]
+    carried = [c for c in rows["u1"] if c != "label"]  # the features and the RFM summary of BTYD
+    assert set(spec.features) - set(carried) == set(T.BTYD_OUTPUTS)  # added later, from the summary
     for user in ("u1", "u2"):
-        assert {f: leaked[user][f] for f in spec.features} == {f: rows[user][f] for f in spec.features}
+        assert {f: leaked[user][f] for f in carried} == {f: rows[user][f] for f in carried}
     assert leaked["u1"]["label"] == 37.0 + 999.0 and leaked["u2"]["label"] == 0.0
 
 
@@ -258,7 +260,8 @@ def test_every_candidate_round_trips_through_the_registry(tmp_path):
     x, y = planted(600, rng)
     net = NetSettings(hidden=(8,), max_epochs=5)
     model = R.cross_fit(x, y, np.ones(len(y)), np.arange(600) % 2, np.zeros(6, bool), net, seed=2).model
-    baselines = R.fit_baselines(x, y, np.ones(len(y)), np.zeros(6, bool), seed=2, naive_column=1, naive_factor=2.0)
+    baselines = R.fit_baselines(x, y, np.ones(len(y)), np.zeros(6, bool), seed=2, naive_column=1, naive_factor=2.0,
+                                btyd_columns=(2, 3))
     frame = pd.DataFrame(x[:50], columns=[f"f{i}" for i in range(6)])
     frame.iloc[0, 1] = np.nan
     # WHEN every candidate is logged, one registered and promoted, then loaded by alias
@@ -266,11 +269,12 @@ def test_every_candidate_round_trips_through_the_registry(tmp_path):
     experiment = mlflow.create_experiment("round-trip", artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment):
         uris = log_candidates(model, baselines, frame)
-    assert sorted(uris) == ["hgb", "linear", "naive", "torch"]
+    assert sorted(uris) == ["btyd", "hgb", "linear", "naive", "torch"]
     client = MlflowClient()
     for candidate, expected in (("torch", R.predict(model, frame.to_numpy())),
                                 ("hgb", baselines["hgb"].predict(frame.to_numpy())),
-                                ("naive", np.nan_to_num(frame["f1"].to_numpy()) * 2.0)):
+                                ("naive", np.nan_to_num(frame["f1"].to_numpy()) * 2.0),
+                                ("btyd", frame["f2"].to_numpy() * frame["f3"].to_numpy())):
         version = mlflow.register_model(uris[candidate], "round-trip-model").version
         client.set_registered_model_alias("round-trip-model", "champion", version)
         loaded = mlflow.pyfunc.load_model("models:/round-trip-model@champion")
