@@ -67,6 +67,9 @@ class SparkSettings(_Strict):
 
 class GenerateSettings(_Strict):
     seed: int = 7
+    # btyd: cohorts, gamma rates, beta dropout, weekday rhythm; steady: everyone from day one
+    # at a steady rate (see transforms/generate.py).
+    dynamics: Literal["btyd", "steady"] = "steady"
     users: int = Field(3000, ge=10)
     creators: int = Field(120, ge=4)
     items_per_creator: int = Field(4, ge=1)

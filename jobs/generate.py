@@ -19,7 +19,9 @@ from jobs import lake
 from jobs.cli import Summary, run_job
 from jobs.config import Settings, load_platforms
 from transforms import generate as gen
-from transforms.schemas import TRUTH_ACCOUNTS, TRUTH_CREATORS, TRUTH_DEFECTS, TRUTH_PLATFORMS, select_contract
+from transforms.schemas import (
+    TRUTH_ACCOUNTS, TRUTH_CREATORS, TRUTH_DEFECTS, TRUTH_PEOPLE, TRUTH_PLATFORMS, select_contract,
+)
 
 log = logging.getLogger(__name__)
 STAMP = "_GENERATED.json"
@@ -68,13 +70,20 @@ def _stamp(settings: Settings) -> str:
                       sort_keys=True)
 
 
+def _same_settings(stamp: str, settings: Settings) -> bool:
+    """Whether raw data stamped ``stamp`` was generated with these settings. Stamps written
+    before generate.dynamics existed are of the steady generator."""
+    written = {"dynamics": "steady", **json.loads(stamp)["generate"]}
+    return written == settings.generate.model_dump(mode="json")
+
+
 def execute(spark: SparkSession, settings: Settings, summary: Summary, force: bool = False) -> Summary:
     cfg = settings.generate
     raw = settings.raw_root
     stamp_path = f"{raw}/{STAMP}"
     existing = None if force else lake.read_text(spark, stamp_path)
     if existing is not None:
-        if existing == _stamp(settings):
+        if _same_settings(existing, settings):
             summary.note(f"raw data for these settings already in {raw}; nothing to do (--force regenerates)")
             return summary
         raise SystemExit(f"generate: {raw} holds data generated with other settings; "
@@ -114,8 +123,11 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, force: bo
     truth_defects = defects[0]
     for d in defects[1:]:
         truth_defects = truth_defects.unionByName(d)
-    for table, df in ((TRUTH_ACCOUNTS, truth_accounts), (TRUTH_CREATORS, truth_creators),
-                      (TRUTH_PLATFORMS, truth_platforms), (TRUTH_DEFECTS, truth_defects)):
+    truths = [(TRUTH_ACCOUNTS, truth_accounts), (TRUTH_CREATORS, truth_creators), (TRUTH_PLATFORMS, truth_platforms),
+              (TRUTH_DEFECTS, truth_defects)]
+    if "people" in frames:
+        truths.append((TRUTH_PEOPLE, frames["people"]))
+    for table, df in truths:
         summary.table(table.qualified, lake.overwrite(spark, settings, table, select_contract(df, table)))
     summary.count("defects planted", lake.read(spark, settings, TRUTH_DEFECTS).count())
 

@@ -9,6 +9,18 @@ sizes only, never on partitioning or on how many executors ran it. Behind the lo
 * each platform has a promotion strength e that drives how often its recommendations are
   shown and clicked, and how much recommended reads convert.
 
+When each person's sessions happen is set by ``generate.dynamics``:
+
+* ``btyd`` (the default): customers as real ones behave. A share of the people is there on the
+  first day, the rest arrive in weekly cohorts over the first ``acquisition_days``. Each
+  person visits as a Poisson process at a gamma-distributed rate (mean set by the persona),
+  modulated by the day of the week, and after every session leaves for good with a
+  beta-distributed probability (set by the persona): the buy-till-you-die heterogeneity.
+  Each person also has a gamma-distributed spend multiplier. The truth keeps every person's
+  parameters, so the expected spend of any horizon can be computed (:func:`expected_revenue`).
+* ``steady``: everyone from the first day, sessions spread uniformly over the persona's
+  active share of the period (the generator before cohorts and dropout).
+
 The four exporters below produce the raw shapes that ``conf/platforms/*.yaml`` describe.
 """
 from __future__ import annotations
@@ -16,8 +28,12 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+import numpy as np
+import pandas as pd
+from scipy.optimize import brentq
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, DoubleType, LongType, StructField, StructType
 
 from jobs.config import GenerateSettings
 
@@ -35,17 +51,25 @@ class Persona:
     social: float            # like/comment/share/follow multiplier
     completion: float        # completion propensity
     rec_affinity: float      # how much the person browses recommendations
-    active_share: float      # share of the period the person is active (from the start)
+    active_share: float      # steady: share of the period the person is active (from the start)
     categories: tuple[str, str]
+    dropout: float           # btyd: mean chance of leaving after a session (Beta(1, 1/dropout - 1))
 
 
 PERSONAS = (
-    Persona("casual_browsers", 0.35, 10, 1, 0.15, 0.3, 0.25, 0.9, 1.0, ("culture", "health")),
-    Persona("power_learners", 0.20, 90, 2, 0.7, 0.4, 0.95, 0.3, 1.0, ("tech", "career")),
-    Persona("big_spenders", 0.15, 30, 2, 4.0, 0.2, 0.6, 0.5, 1.0, ("finance", "career")),
-    Persona("social_fans", 0.15, 45, 4, 0.4, 3.0, 0.5, 0.6, 1.0, ("culture", "parenting")),
-    Persona("lapsed", 0.15, 14, 1, 0.3, 0.2, 0.4, 0.5, 0.25, ("finance", "health")),
+    Persona("casual_browsers", 0.35, 10, 1, 0.15, 0.3, 0.25, 0.9, 1.0, ("culture", "health"), 0.06),
+    Persona("power_learners", 0.20, 90, 2, 0.7, 0.4, 0.95, 0.3, 1.0, ("tech", "career"), 0.008),
+    Persona("big_spenders", 0.15, 30, 2, 4.0, 0.2, 0.6, 0.5, 1.0, ("finance", "career"), 0.02),
+    Persona("social_fans", 0.15, 45, 4, 0.4, 3.0, 0.5, 0.6, 1.0, ("culture", "parenting"), 0.015),
+    Persona("lapsed", 0.15, 14, 1, 0.3, 0.2, 0.4, 0.5, 0.25, ("finance", "health"), 0.12),
 )
+# btyd dynamics: the share of people there on the first day, the shape of the gamma rates and
+# spend multipliers (coefficient of variation 1/sqrt(shape)), and the relative session rate
+# by day of the week (Monday first; a mean of 1).
+EXISTING_SHARE = 0.35
+RATE_SHAPE = 2.0
+SPEND_SHAPE = 4.0
+WEEKDAY = (0.9, 0.9, 0.95, 0.95, 1.0, 1.2, 1.1)
 
 
 @dataclass(frozen=True)
@@ -129,7 +153,7 @@ def people(spark: SparkSession, cfg: GenerateSettings) -> DataFrame:
     for upper, p in reversed(bounds):
         persona = F.when(pick < upper, F.lit(p.name)).otherwise(persona)
     df = df.withColumn("persona", persona)
-    for attr in ("sessions", "platforms", "spend", "social", "completion", "rec_affinity", "active_share"):
+    for attr in ("sessions", "platforms", "spend", "social", "completion", "rec_affinity", "active_share", "dropout"):
         expr = F.lit(None)
         for p in PERSONAS:
             expr = F.when(F.col("persona") == p.name, F.lit(getattr(p, attr))).otherwise(expr)
@@ -147,6 +171,101 @@ def people(spark: SparkSession, cfg: GenerateSettings) -> DataFrame:
     return (df.withColumn("cat_a", cat_a).withColumn("cat_b", cat_b)
               .withColumn("platform_list", F.transform(F.slice(ranked, 1, F.col("platforms").cast("int")),
                                                        lambda s: s["platform"])))
+
+
+TIMELINE = StructType([StructField("person_id", LongType()), StructField("acquired_day", LongType()),
+                       StructField("rate", DoubleType()), StructField("dropout_p", DoubleType()),
+                       StructField("spend_scale", DoubleType()), StructField("times", ArrayType(DoubleType())),
+                       StructField("died", DoubleType())])
+
+
+def _weekday_weights(cfg: GenerateSettings) -> np.ndarray:
+    """Relative session rate of each day of the period (mean of WEEKDAY is 1)."""
+    w = np.asarray(WEEKDAY) / np.mean(WEEKDAY)
+    return w[(cfg.start_date.weekday() + np.arange(cfg.days)) % 7]
+
+
+def rate_scale(cfg: GenerateSettings) -> float:
+    """Factor on the personas' session rates that makes the expected number of sessions of the
+    btyd dynamics about ``cfg.sessions`` (acquisition and dropout cut each person's
+    sessions short): solved on the driver over the parameters of 20,000 people drawn with a
+    fixed seed."""
+    rng = np.random.default_rng(cfg.seed)
+    shares = np.array([p.share for p in PERSONAS])
+    which = rng.choice(len(PERSONAS), 20_000, p=shares / shares.sum())
+    mean_rate = np.array([p.sessions / cfg.days for p in PERSONAS])[which]
+    dropout = np.array([p.dropout for p in PERSONAS])[which]
+    acquired = np.where(rng.random(which.size) < EXISTING_SHARE, 0, rng.integers(0, acquisition_days(cfg), which.size))
+    rate = rng.gamma(RATE_SHAPE, mean_rate / RATE_SHAPE)
+    p = rng.beta(1.0, 1.0 / dropout - 1.0)
+    exposure = rate * (cfg.days - acquired)
+
+    def expected(factor: float) -> float:
+        # E[min(N, D)] with N ~ Poisson(factor * exposure), D ~ Geometric(p): (1 - exp(-factor * exposure * p)) / p
+        return float((-np.expm1(-factor * exposure * p) / p).mean()) * cfg.users
+
+    # Dropout caps what a higher rate can add: a person leaves after 1/p sessions on average.
+    if expected(1e4) <= cfg.sessions:
+        raise ValueError(f"generate.sessions={cfg.sessions} is more than {cfg.users} people leaving at the btyd "
+                         f"dynamics' dropout can have: lower generate.sessions or raise generate.users")
+    return brentq(lambda f: expected(f) - cfg.sessions, 1e-6, 1e4)
+
+
+def acquisition_days(cfg: GenerateSettings) -> int:
+    """New people arrive in weekly cohorts over the first 60 % of the period."""
+    return max(7, int(cfg.days * 0.6) // 7 * 7)
+
+
+def timelines(cfg: GenerateSettings, persons: DataFrame) -> DataFrame:
+    """btyd dynamics: per person, the day acquired, rate (sessions a day), dropout chance,
+    spend multiplier, session times (days since the start) and whether they left before the
+    end (1.0) or not (0.0). A pandas function over people, each drawn from numpy with a
+    generator seeded by (seed, person_id): the same whatever the partitioning."""
+    weights = _weekday_weights(cfg)
+    top = float(weights.max())
+    scale = rate_scale(cfg)
+    cohorts = acquisition_days(cfg) // 7
+    days = cfg.days
+
+    def draw(batches):
+        for pdf in batches:
+            out = []
+            for pid, sessions, dropout in zip(pdf["person_id"], pdf["sessions"], pdf["dropout"]):
+                rng = np.random.default_rng([cfg.seed, int(pid)])
+                acquired = 0 if rng.random() < EXISTING_SHARE else int(rng.integers(0, cohorts)) * 7 + int(rng.integers(0, 7))
+                rate = rng.gamma(RATE_SHAPE, sessions / days * scale / RATE_SHAPE)
+                p = rng.beta(1.0, 1.0 / dropout - 1.0)
+                spend_scale = rng.gamma(SPEND_SHAPE, 1.0 / SPEND_SHAPE)
+                # a Poisson process at rate * weekday weight: candidates at the top rate, thinned
+                n = rng.poisson(rate * top * (days - acquired))
+                t = np.sort(acquired + rng.random(n) * (days - acquired))
+                t = t[rng.random(n) < weights[t.astype(int)] / top]
+                lifetime = rng.geometric(p)  # sessions until leaving, the last one included
+                out.append((int(pid), acquired, rate, p, spend_scale, t[:lifetime].tolist(),
+                            1.0 if t.size >= lifetime else 0.0))
+            yield pd.DataFrame(out, columns=TIMELINE.fieldNames())
+
+    return persons.select("person_id", "sessions", "dropout").mapInPandas(draw, TIMELINE)
+
+
+def expected_revenue(people: DataFrame, start: dt.date, days: int, as_of: dt.date, horizon: int) -> DataFrame:
+    """(person_id, expected_revenue): the expected net revenue of each person in the ``horizon``
+    days after ``as_of`` given the generator's own parameters (truth.people) and whether the
+    person is still there at ``as_of``: 0 for one who left, (1 - exp(-L p)) / p sessions for one
+    who stays (L: rate times the weekday weights of the horizon's days; p: the dropout chance),
+    times the expected spend of a session. People acquired after ``as_of`` are left out."""
+    if (as_of - start).days + horizon >= days:
+        raise ValueError(f"the horizon after {as_of} runs past the generated period ({days} days from {start})")
+    w = np.asarray(WEEKDAY) / np.mean(WEEKDAY)
+    first = (as_of - start).days + 1
+    weight = float(sum(w[(start.weekday() + d) % 7] for d in range(first, first + horizon)))
+    end_of_as_of = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time()).replace(tzinfo=dt.timezone.utc)
+    there = F.col("left_at").isNull() | (F.col("left_at") >= F.lit(end_of_as_of.timestamp()).cast("timestamp"))
+    lam_p = F.col("rate_per_day") * F.lit(weight) * F.col("dropout_p")
+    sessions = -F.expm1(-lam_p) / F.col("dropout_p")
+    return (people.where(F.col("acquired_on") <= F.lit(as_of))
+                  .select("person_id", F.when(there, sessions * F.col("spend_per_session")).otherwise(F.lit(0.0))
+                          .alias("expected_revenue")))
 
 
 def accounts(spark: SparkSession, cfg: GenerateSettings, persons: DataFrame) -> DataFrame:
@@ -207,14 +326,25 @@ def items(cfg: GenerateSettings, creators_df: DataFrame) -> DataFrame:
               .select("platform", "category", "idx", "content_id", "creator_id", "quality", "price", "length_s"))
 
 
-def sessions(spark: SparkSession, cfg: GenerateSettings, persons: DataFrame, items_df: DataFrame) -> DataFrame:
-    """One row per session: who, where, when, which item, and the draws that decide its events."""
+def sessions(spark: SparkSession, cfg: GenerateSettings, persons: DataFrame, items_df: DataFrame,
+             lines: DataFrame | None = None) -> DataFrame:
+    """One row per session: who, where, when, which item, and the draws that decide its events.
+    ``lines``: the :func:`timelines` of the btyd dynamics (None: steady)."""
     u = Draw(cfg.seed)
-    mean_sessions = sum(p.share * p.sessions for p in PERSONAS)
-    scale = cfg.sessions / (cfg.users * mean_sessions)
-    n = F.greatest(F.lit(1), F.round(F.col("sessions") * scale * (F.lit(0.5) + u("n", "person_id")))).cast("int")
-    df = persons.withColumn("s", F.explode(F.sequence(F.lit(1), n)))
-    df = df.withColumn("sid", F.col("person_id") * (1 << 20) + F.col("s"))
+    start = dt.datetime.combine(cfg.start_date, dt.time()).replace(tzinfo=dt.timezone.utc)
+    if lines is not None:
+        df = (persons.join(lines.select("person_id", "spend_scale", "times"), "person_id")
+                     .select("*", F.posexplode("times").alias("_pos", "_t")).drop("times"))
+        df = df.withColumn("s", F.col("_pos") + 1).withColumn("sid", F.col("person_id") * (1 << 20) + F.col("s"))
+        df = df.withColumn("t0", F.lit(int(start.timestamp())) + F.floor(F.col("_t") * 86400)).drop("_pos", "_t")
+    else:
+        mean_sessions = sum(p.share * p.sessions for p in PERSONAS)
+        scale = cfg.sessions / (cfg.users * mean_sessions)
+        n = F.greatest(F.lit(1), F.round(F.col("sessions") * scale * (F.lit(0.5) + u("n", "person_id")))).cast("int")
+        df = persons.withColumn("s", F.explode(F.sequence(F.lit(1), n))).withColumn("spend_scale", F.lit(1.0))
+        df = df.withColumn("sid", F.col("person_id") * (1 << 20) + F.col("s"))
+        day = F.floor(u("day", "sid") * F.lit(cfg.days) * F.col("active_share")).cast("int")
+        df = df.withColumn("t0", F.lit(int(start.timestamp())) + day * 86400 + F.floor(u("time", "sid") * 86000))
     df = df.withColumn("platform", F.element_at("platform_list", (F.floor(u("which_platform", "sid") * F.size("platform_list")) + 1).cast("int")))
     category = F.when(u("cat_pref", "sid") < 0.75,
                       F.when(u("cat_ab", "sid") < 0.5, F.col("cat_a")).otherwise(F.col("cat_b"))) \
@@ -225,15 +355,59 @@ def sessions(spark: SparkSession, cfg: GenerateSettings, persons: DataFrame, ite
     n_items = items_df.groupBy("platform", "category").agg(F.count("*").alias("n_items"))
     df = (df.join(F.broadcast(n_items), on=["platform", "category"], how="inner")
             .withColumn("idx", F.floor(u("item", "sid") * F.col("n_items")).cast("long")).drop("n_items"))
+    return (df.withColumn("promotion", _promotion())
+              .join(F.broadcast(items_df), on=["platform", "category", "idx"], how="inner"))
+
+
+def _promotion() -> Column:
     promotion = F.lit(0.0)
     for m in PLATFORM_MODELS:
         promotion = F.when(F.col("platform") == m.name, F.lit(m.promotion)).otherwise(promotion)
-    day = F.floor(u("day", "sid") * F.lit(cfg.days) * F.col("active_share")).cast("int")
+    return promotion
+
+
+def spend_per_session(persons: DataFrame, lines: DataFrame, items_df: DataFrame) -> DataFrame:
+    """(person_id, spend_per_session): a person's expected net revenue from one session, over
+    the platform, category and item the session picks and the draws of :func:`events`:
+    purchases at the item's price less expected refunds, and subscriptions. Exact while no
+    probability of :func:`events` reaches its clamp, which the shipped personas never do
+    (the largest, a big spender's recommended purchase, is 0.69)."""
+    stats = items_df.groupBy("platform", "category").agg(
+        F.avg("price").alias("m0"), F.avg(F.col("price") * F.col("quality")).alias("m1"),
+        F.avg(F.col("price") * F.col("quality") ** 2).alias("m2"))
+    s, e = F.col("spend"), F.col("promotion")
+    rec = F.lit(0.15) + 0.7 * e * F.col("rec_affinity")
+    click = F.lit(0.05) + 0.6 * e
+    read = (1 - rec) + rec * click
+    a0 = read * 0.01 * s
+    a1 = (1 - rec) * 0.075 * s + rec * click * 0.075 * s * (1 + 1.5 * e)
+    multiplier = F.when(s > 2, F.lit(1.5)).otherwise(F.lit(1.0)) * F.col("spend_scale")
+    purchases = multiplier * (0.65 * a0 * F.col("m0") + (0.35 * a0 + 0.65 * a1) * F.col("m1") + 0.35 * a1 * F.col("m2"))
+    subscriptions = read * 0.004 * s * (0.5 + F.col("completion")) * 30.0
+    weight = (F.lit(1.0) / F.size("platform_list")) * (
+        F.when(F.col("category") == F.col("cat_a"), 0.375).otherwise(0.0)
+        + F.when(F.col("category") == F.col("cat_b"), 0.375).otherwise(0.0) + 0.25 / len(CATEGORIES))
+    rows = (persons.join(lines.select("person_id", "spend_scale"), "person_id")
+                   .select("*", F.explode("platform_list").alias("platform"))
+                   .select("*", F.explode(F.array(*[F.lit(c) for c in CATEGORIES])).alias("category"))
+                   .join(F.broadcast(stats), ["platform", "category"], "inner")  # no item: the session drops out
+                   .withColumn("promotion", _promotion()))
+    return rows.groupBy("person_id").agg(F.sum(weight * (purchases + subscriptions)).alias("spend_per_session"))
+
+
+def truth_people(cfg: GenerateSettings, persons: DataFrame, lines: DataFrame, items_df: DataFrame) -> DataFrame:
+    """truth.people: each person's btyd parameters, sessions, when they left (null: still
+    there at the end) and expected spend per session."""
     start = dt.datetime.combine(cfg.start_date, dt.time()).replace(tzinfo=dt.timezone.utc)
-    t0 = F.lit(int(start.timestamp())) + day * 86400 + F.floor(u("time", "sid") * 86000)
-    return (df.withColumn("promotion", promotion)
-              .withColumn("t0", t0)
-              .join(F.broadcast(items_df), on=["platform", "category", "idx"], how="inner"))
+    left = F.when(F.col("died") > 0, F.timestamp_seconds(F.lit(int(start.timestamp()))
+                                                        + F.floor(F.element_at("times", -1) * 86400)))
+    return (lines.join(persons.select("person_id", "persona"), "person_id")
+                 .join(spend_per_session(persons, lines, items_df), "person_id", "left")
+                 .select("person_id", "persona",
+                         F.date_add(F.lit(cfg.start_date), F.col("acquired_day").cast("int")).alias("acquired_on"),
+                         F.col("rate").alias("rate_per_day"), "dropout_p", "spend_scale",
+                         F.size("times").alias("sessions"), left.alias("left_at"),
+                         F.coalesce("spend_per_session", F.lit(0.0)).alias("spend_per_session")))
 
 
 def events(cfg: GenerateSettings, sessions_df: DataFrame) -> DataFrame:
@@ -261,7 +435,7 @@ def events(cfg: GenerateSettings, sessions_df: DataFrame) -> DataFrame:
     purchase = read & (u("purchase", "sid") < clamp(0.01 * F.col("spend") + 0.15 * q * F.col("spend") * rec_lift * 0.5))
     subscribe = read & (u("subscribe", "sid") < clamp(0.004 * F.col("spend") * (0.5 + F.col("completion"))))
     refund = purchase & (u("refund", "sid") < clamp(0.35 * (1 - q)))
-    price = F.col("price") * F.when(F.col("spend") > 2, F.lit(1.5)).otherwise(F.lit(1.0))
+    price = F.col("price") * F.when(F.col("spend") > 2, F.lit(1.5)).otherwise(F.lit(1.0)) * F.col("spend_scale")
 
     def ev(k: int, cond: Column, etype: Column | str, offset: Column | int, amount=None, prog=None, dur=None) -> Column:
         return F.when(cond, F.struct(
@@ -298,14 +472,19 @@ def events(cfg: GenerateSettings, sessions_df: DataFrame) -> DataFrame:
 
 
 def build(spark: SparkSession, cfg: GenerateSettings) -> dict[str, DataFrame]:
-    """All generated frames: persons, accounts, creators, items and unified events with account ids."""
+    """All generated frames: persons, accounts, creators, items, unified events with account ids,
+    and with the btyd dynamics the people's parameters (truth.people)."""
     persons = people(spark, cfg)
     accts = accounts(spark, cfg, persons)
     creators_df = creators(spark, cfg)
     items_df = items(cfg, creators_df)
-    evs = events(cfg, sessions(spark, cfg, persons, items_df)).join(
+    lines = timelines(cfg, persons) if cfg.dynamics == "btyd" else None
+    evs = events(cfg, sessions(spark, cfg, persons, items_df, lines)).join(
         accts.select("platform", "person_id", "account_id"), on=["platform", "person_id"], how="inner")
-    return {"persons": persons, "accounts": accts, "creators": creators_df, "items": items_df, "events": evs}
+    frames = {"persons": persons, "accounts": accts, "creators": creators_df, "items": items_df, "events": evs}
+    if lines is not None:
+        frames["people"] = truth_people(cfg, persons, lines, items_df)
+    return frames
 
 
 def with_defects(cfg: GenerateSettings, platform: str, df: DataFrame) -> DataFrame:

@@ -271,6 +271,16 @@ TRUTH_ACCOUNTS = Table(
        ("person_id", LongType(), False), ("persona", StringType(), False)),
     keys=("platform", "account_id"),
 )
+# The btyd dynamics' parameters of each person with sessions (generate.dynamics: btyd), from
+# which transforms.generate.expected_revenue gives anyone's expected spend over a horizon.
+TRUTH_PEOPLE = Table(
+    "truth", "people",
+    _s(("person_id", LongType(), False), ("persona", StringType(), False), ("acquired_on", DateType(), False),
+       ("rate_per_day", DoubleType(), False), ("dropout_p", DoubleType(), False),
+       ("spend_scale", DoubleType(), False), ("sessions", IntegerType(), False),
+       ("left_at", TimestampType(), True), ("spend_per_session", DoubleType(), False)),
+    keys=("person_id",),
+)
 TRUTH_CREATORS = Table(
     "truth", "creators",
     _s(("creator_id", StringType(), False), ("quality", DoubleType(), False), ("category", StringType(), False)),
