@@ -31,19 +31,20 @@ def purchase_log(root: Path, customers: int = 60, weeks: int = 52, seed: int = 3
     lines = ["txn_id,customer_id,date,cds,dollars"]
     txn = 0
     for c in range(customers):
-        first = int(rng.integers(0, 7 * 12))
+        first = float(rng.integers(0, 7 * 12))
         rate = rng.gamma(2.0, 1 / 25.0)            # purchases a day while alive
-        dropout = rng.beta(1.0, 12.0)             # chance of dropping out after each purchase
+        dropout = rng.beta(1.0, 12.0)             # chance of dropping out after each repeat purchase
         spend = rng.gamma(4.0, 8.0)               # the customer's typical basket
-        day = first
-        while day < weeks * 7:
+        t, repeat = first, False
+        while t < weeks * 7:
             txn += 1
             cds = int(rng.integers(1, 5))
             dollars = round(float(rng.gamma(6.0, spend / 6.0)), 2)
-            lines.append(f"{txn},{1000 + c},{(START + dt.timedelta(days=day)):%Y%m%d},{cds},{dollars}")
-            if rng.random() < dropout:
+            lines.append(f"{txn},{1000 + c},{(START + dt.timedelta(days=int(t))):%Y%m%d},{cds},{dollars}")
+            if repeat and rng.random() < dropout:  # BG/NBD: no dropout right after the first purchase
                 break
-            day += 1 + int(rng.exponential(1 / rate))
+            t += rng.exponential(1 / rate)
+            repeat = True
     folder = root / name / "events"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "transactions.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
