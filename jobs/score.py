@@ -25,6 +25,8 @@ from collections.abc import Mapping
 
 import mlflow
 import mlflow.pyfunc
+import numpy as np
+import pandas as pd
 from mlflow.tracking import MlflowClient
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -159,11 +161,12 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
     profiles = (lake.read(spark, settings, PERSONA_PROFILES).where(F.col("as_of_date") == F.lit(as_of)).toPandas()
                 if lake.exists(spark, settings, PERSONA_PROFILES) else None)
     truth = against_truth(spark, settings, synergy_table=tables["synergy_scores"])
-    lines = _summary_lines(tables, profiles, champions, truth)
+    backtest = backtest_of(user_lineage["run_id"])
+    lines = _summary_lines(tables, profiles, champions, truth) + backtest_lines(backtest)
     for line in lines:
         summary.note(line)
     path = f"{settings.lake_root}/reports/ipsynergy-{as_of.isoformat()}.html"
-    lake.write_text(spark, path, report(as_of, tables, profiles, lines))
+    lake.write_text(spark, path, report(as_of, tables, profiles, lines, backtest))
     summary.note(f"report: {path}")
     return summary
 
@@ -179,6 +182,35 @@ def against_truth(spark: SparkSession, settings: Settings, synergy_table) -> flo
     truth["planted"] = truth["quality"] * truth["promotion"]
     joined = synergy_table.dropna(subset=["synergy"]).merge(truth, on=["creator_id", "platform"])
     return float(spearmanr(joined["synergy"], joined["planted"]).statistic) if len(joined) >= 3 else None
+
+
+def backtest_of(run_id: str) -> pd.DataFrame | None:
+    """The backtest table logged by the user model's training run (None for a model trained
+    before runs logged one)."""
+    try:
+        logged = mlflow.artifacts.load_dict(f"runs:/{run_id}/backtest.json")
+    except Exception:  # noqa: BLE001 - an older run without the artifact: nothing to show
+        return None
+    return pd.DataFrame(logged["data"], columns=logged["columns"])
+
+
+def backtest_lines(table: pd.DataFrame | None) -> list[str]:
+    """The user model's backtest (its training run's held-out horizon): totals, then by
+    acquisition cohort, the network and BTYD beside what was realised."""
+    if table is None:
+        return []
+    models = [c for c in table.columns if c.startswith("predicted_")]
+
+    def row(r) -> str:
+        cells = [f"{m.removeprefix('predicted_')} {r[m]:>12,.0f} ({(r[m] / r['actual'] - 1) * 100:+6.1f}%)"
+                 if r["actual"] else f"{m.removeprefix('predicted_')} {r[m]:>12,.0f}" for m in models]
+        return f"users {r['population']:>9,.0f}  actual {r['actual']:>12,.0f}  " + "  ".join(cells)
+
+    total = table[table["segment"] == "all"].iloc[0]
+    lines = ["backtest of the user model on its held-out horizon (weighted totals):", f"  {'all users':<10} {row(total)}"]
+    lines += [f"  {r['group']:<10} {row(r)}" for _, r in
+              table[table["segment"] == "cohort"].sort_values("group").iterrows()]
+    return lines
 
 
 def _summary_lines(tables, profiles, champions: Mapping, truth: float | None) -> list[str]:
@@ -226,8 +258,9 @@ def _figure(draw) -> str:
     return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
-def report(as_of, tables, profiles, lines: list[str]) -> str:
-    """One self-contained HTML page: four plots and the summary."""
+def report(as_of, tables, profiles, lines: list[str], backtest: pd.DataFrame | None = None) -> str:
+    """One self-contained HTML page: four plots (five with the user model's backtest) and the
+    summary."""
     syn, rev = tables["synergy_scores"], tables["revenue_metrics"].sort_values("platform")
     top = syn.dropna(subset=["synergy"]).nlargest(12, "synergy").iloc[::-1]
     grow = syn.dropna(subset=["uplift"]).nlargest(12, "uplift").iloc[::-1]
@@ -264,7 +297,22 @@ def report(as_of, tables, profiles, lines: list[str]) -> str:
         ax.set_title("Predicted revenue by persona")
         ax.legend(fontsize=7)
 
-    body = "".join(_figure(d) for d in (synergy, expansion, balance, personas))
+    def cohorts(ax):
+        rows = backtest[backtest["segment"] == "cohort"].sort_values("group")
+        models = [c for c in rows.columns if c.startswith("predicted_")]
+        width = 0.8 / (1 + len(models))
+        pos = np.arange(len(rows))
+        ax.bar(pos, rows["actual"], width=width, label="actual", color="#ee6677")
+        for i, m in enumerate(models, start=1):
+            ax.bar(pos + i * width, rows[m], width=width, label=m.removeprefix("predicted_"))
+        ax.set_xticks(pos + width * len(models) / 2, rows["group"], rotation=45, fontsize=7)
+        ax.set_xlabel("acquisition cohort (month of first activity)")
+        ax.set_ylabel("revenue in the held-out horizon")
+        ax.set_title("Backtest of the user model by cohort")
+        ax.legend(fontsize=8)
+
+    draws = (synergy, expansion, balance, personas, *((cohorts,) if backtest is not None else ()))
+    body = "".join(_figure(d) for d in draws)
     text = html.escape("\n".join(lines))
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>ipsynergy {as_of}</title>"
             "<style>body{font-family:sans-serif;margin:2em;max-width:1600px} img{margin:0.5em}"

@@ -176,6 +176,39 @@ def _plots(test: Split, predicted: np.ndarray, folds: list[R.Fit], deciles: pd.D
     return paths
 
 
+def cohorts(frame: pd.DataFrame) -> np.ndarray:
+    """The acquisition cohort of each row: the month of the user's first active day."""
+    first = pd.to_datetime(frame["as_of_date"]) - pd.to_timedelta(frame["tenure_days"], unit="D")
+    return first.dt.strftime("%Y-%m").fillna("unknown").to_numpy()
+
+
+def _backtest_plot(table: pd.DataFrame, title: str, out: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [c for c in table.columns if c.startswith("predicted_")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, segment, label in ((axes[0], "decile", "decile of predicted revenue"),
+                               (axes[1], "cohort", "acquisition cohort (month of first activity)")):
+        rows = table[table["segment"] == segment].sort_values("group")
+        pos = np.arange(len(rows))
+        width = 0.8 / (1 + len(models))
+        ax.bar(pos, rows["actual"], width=width, label="actual", color="#ee6677")
+        for i, m in enumerate(models, start=1):
+            ax.bar(pos + i * width, rows[m], width=width, label=m.removeprefix("predicted_"))
+        ax.set_xticks(pos + width * len(models) / 2, rows["group"], rotation=45, fontsize=7)
+        ax.set_xlabel(label)
+        ax.set_ylabel("revenue in the held-out horizon (total)")
+    axes[0].legend()
+    fig.suptitle(f"{title}: backtest on the held-out horizon")
+    fig.tight_layout()
+    path = out / "backtest.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def champion_metrics(settings: Settings, model_kind: str, test: Split) -> tuple[str, dict[str, float] | None, str] | None:
     """(version, metrics on this test split, what they are) of the current champion; metrics
     None when it reads a feature today's data does not have (it cannot score this split, nor
@@ -265,6 +298,12 @@ def train_one(settings: Settings, spec: T.ModelSpec, log_mask: np.ndarray, net: 
                             "fit_seconds": time.monotonic() - started})
         deciles = R.deciles(test.y, predicted, test.w)
         mlflow.log_table(deciles, "decile_calibration.json")
+        if "tenure_days" in test.frame:  # the user model: by acquisition cohort too, BTYD alongside
+            shown = {"torch": predicted, **({"btyd": baselines["btyd"].predict(test.x)} if "btyd" in baselines else {})}
+            table = R.backtest(test.y, shown, test.w, cohorts(test.frame))
+            mlflow.log_table(table, "backtest.json")
+            with tempfile.TemporaryDirectory() as tmp:
+                mlflow.log_artifact(str(_backtest_plot(table, spec.name, Path(tmp))), "plots")
         if btyd_fits:
             mlflow.log_dict({str(t): f.as_dict() if f else None for t, f in btyd_fits.items()}, "btyd_fits.json")
         with tempfile.TemporaryDirectory() as tmp:
@@ -391,7 +430,7 @@ def training_data(spark: SparkSession, settings: Settings, model: str, silver: D
     fold = F.abs(F.xxhash64(F.lit(cfg.seed + 1), *[F.col(k) for k in keys])) % cfg.folds
     sampled = (sampled.withColumn("split", F.when(is_test, "test").otherwise("train"))
                       .withColumn("fold", F.when(is_test, F.lit(-1)).otherwise(fold)))
-    carried = T.RFM_COLUMNS if model == "user_revenue" else ()
+    carried = T.CARRIED if model == "user_revenue" else ()
     own = [c for c in spec.features if c not in T.BTYD_OUTPUTS]
     pdf = (sampled.select(*keys, "as_of_date", *own, *carried, "label", "weight", "split", "fold")
            .toPandas().sort_values([*keys, "as_of_date"], kind="mergesort"))  # same order on any cluster

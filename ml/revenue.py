@@ -286,6 +286,26 @@ def deciles(actual: np.ndarray, predicted: np.ndarray, weight: np.ndarray) -> pd
                          "mean_actual": g.wa.sum() / g.w.sum()}).reset_index()
 
 
+def backtest(actual: np.ndarray, predicted: dict[str, np.ndarray], weight: np.ndarray,
+             cohort: np.ndarray) -> pd.DataFrame:
+    """Predicted against realised revenue on the held-out horizon, as weighted totals: per
+    decile of the first model's prediction, per acquisition ``cohort`` (a label per row), and
+    over everyone. One row per (segment, group) with the population, the actual total and
+    one ``predicted_<model>`` total per model."""
+    first = next(iter(predicted.values()))
+    order = np.argsort(first, kind="mergesort")
+    cum = np.cumsum(weight[order]) / weight.sum()
+    decile = np.empty(len(order), dtype=int)
+    decile[order] = np.clip(np.ceil(cum * 10 - 1e-9), 1, 10).astype(int)
+    df = pd.DataFrame({"decile": [f"{d:02d}" for d in decile], "cohort": cohort, "all": "all users",
+                       "population": weight, "actual": actual * weight,
+                       **{f"predicted_{k}": v * weight for k, v in predicted.items()}})
+    values = ["population", "actual", *[f"predicted_{k}" for k in predicted]]
+    parts = [df.groupby(seg)[values].sum().reset_index().rename(columns={seg: "group"}).assign(segment=seg)
+             for seg in ("decile", "cohort", "all")]
+    return pd.concat(parts, ignore_index=True)[["segment", "group", *values]]
+
+
 # -- baselines ----------------------------------------------------------------------------
 # Candidates in order of preference when their held-out Gini ties: the network first.
 CANDIDATES = ("torch", "hgb", "linear", "btyd", "naive")

@@ -19,7 +19,7 @@ TEST_OVERRIDES = ["spark.master=local[2]", "spark.shuffle_partitions=2", "spark.
 # Integration modules share the small lake and build on each other's tables and models, in
 # this order (a module run alone builds what it needs itself).
 INTEGRATION_ORDER = ("test_bronze_silver", "test_gold", "test_personas", "test_train", "test_score", "test_own_exports",
-                     "test_readme_own_data")
+                     "test_readme_own_data", "test_btyd_export")
 # The fault-injection modules run after the chain: test_pii reads what the chain leaves on the
 # shared small lake, and the others must not be the first to register <layer>.<name> in the
 # session's catalog (the first lake registered keeps the names; the chain asserts on them).

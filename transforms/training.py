@@ -41,6 +41,9 @@ RFM_COLUMNS = ("purchase_days", "purchase_recency_days", "purchase_age_days", "r
 # days in the horizon, P(alive), expected spend per paid day.
 BTYD_OUTPUTS = ("btyd_purchases", "btyd_p_alive", "btyd_spend")
 BTYD_LOG = ("btyd_purchases", "btyd_spend")
+# Carried beside the user model's features, not read by it: the RFM summary, and tenure for
+# the backtest's acquisition cohorts.
+CARRIED = (*RFM_COLUMNS, "tenure_days")
 PAIR_NUMERIC = ("q", "completion_rate", "engagement_rate", "repeat_rate", "conversion_rate", "retention_rate",
                 "k_items", "reads", "r_reads_per_item", "revenue", "x_revenue_per_read", "impressions",
                 "ctr", "rec_read_share", "rec_revenue_share", "e", "e_p", "reads_other", "revenue_other",
@@ -97,13 +100,13 @@ def share_columns(shares: Column, keys: list[str], prefix: str) -> list[Column]:
 
 def user_model_frame(features: DataFrame, spec: ModelSpec, platforms: list[str], categories: list[str]) -> DataFrame:
     """gold.user_features rows as the user model's input: keys, as_of_date, the spec's features
-    as doubles (shares flattened) but the BTYD outputs, and the RFM summary those are made of
-    (ml.btyd adds them)."""
-    flat = features.select("user_id", "as_of_date", *USER_NUMERIC, *RFM_COLUMNS,
+    as doubles (shares flattened) but the BTYD outputs (ml.btyd adds them), and the CARRIED
+    columns."""
+    flat = features.select("user_id", "as_of_date", *USER_NUMERIC, *CARRIED,
                            *share_columns(F.col("platform_share"), platforms, "platform_"),
                            *share_columns(F.col("category_share"), categories, "cat_"))
     own = [c for c in spec.features if c not in BTYD_OUTPUTS]
-    return flat.select("user_id", "as_of_date", *[F.col(c).cast("double").alias(c) for c in [*own, *RFM_COLUMNS]])
+    return flat.select("user_id", "as_of_date", *[F.col(c).cast("double").alias(c) for c in [*own, *CARRIED]])
 
 
 def _revenue_between(events: DataFrame, keys: list[str], after: dt.date, through: dt.date, name: str) -> DataFrame:

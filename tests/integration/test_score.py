@@ -140,7 +140,9 @@ def test_summary_and_report(spark, scored):
     settings, _, summary, _, _, _ = scored
     text = summary.render()
     for heading in ("top synergy pairs", "largest expansion opportunities", "revenue balance per platform",
-                    "champion ipsynergy-user_revenue"):
+                    "champion ipsynergy-user_revenue", "backtest of the user model on its held-out horizon"):
         assert heading in text
+    # the champion's backtest, by acquisition cohort (the small lake starts in April)
+    assert "  all users  users " in text and "  2026-04    users " in text
     html = lake.read_text(spark, f"{settings.lake_root}/reports/ipsynergy-{AS_OF.isoformat()}.html")
-    assert html.count("data:image/png;base64,") == 4
+    assert html.count("data:image/png;base64,") == 5  # four plots and the backtest by cohort

@@ -49,7 +49,16 @@ def test_every_run_logs_the_promised_metrics_inputs_plots_and_model(spark, runs)
             assert len(client.get_metric_history(run.info.run_id, f"val_loss_fold{k}")) == epochs
         assert silver in [d.dataset.name for d in run.inputs.dataset_inputs]
         plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-        assert plots == {"plots/predicted_vs_actual.png", "plots/decile_calibration.png", "plots/loss_curve.png"}
+        user = run.data.params["model"] == "user_revenue"
+        assert plots == {"plots/predicted_vs_actual.png", "plots/decile_calibration.png", "plots/loss_curve.png",
+                         *(["plots/backtest.png"] if user else [])}
+        if user:  # the backtest: predicted against realised by decile and acquisition cohort, and in total
+            logged = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/backtest.json")
+            table = dict(zip(logged["columns"], zip(*logged["data"])))
+            assert set(table["segment"]) == {"decile", "cohort", "all"} and table["segment"].count("decile") == 10
+            total = table["segment"].index("all")
+            assert table["predicted_torch"][total] == pytest.approx(
+                sum(v for seg, v in zip(table["segment"], table["predicted_torch"]) if seg == "cohort"))
         name = tracking.model_name(settings, run.data.params["model"])
         versions = {v.run_id: v for v in client.search_model_versions(f"name = '{name}'")}
         assert run.info.run_id in versions and versions[run.info.run_id].tags["gate"] == run.data.tags["gate"]

@@ -282,3 +282,19 @@ def test_every_candidate_round_trips_through_the_registry(tmp_path):
         assert loaded.metadata.get_input_schema().input_names() == list(frame.columns)
         assert np.isfinite(expected).all()
         np.testing.assert_allclose(np.asarray(loaded.predict(frame)).ravel(), expected, rtol=1e-6)
+
+
+def test_backtest_splits_the_totals_by_decile_and_cohort():
+    # GIVEN 20 users, weights 2, a model that predicts 1.5 x the truth, and two cohorts
+    actual = np.arange(20, dtype=float)
+    w = np.full(20, 2.0)
+    cohort = np.array(["2026-01"] * 5 + ["2026-02"] * 15)
+    table = R.backtest(actual, {"torch": actual * 1.5, "btyd": actual}, w, cohort)
+    # THEN every segment adds up to the weighted totals, and each model keeps its own column
+    for segment in ("decile", "cohort", "all"):
+        part = table[table["segment"] == segment]
+        assert part["population"].sum() == 40 and part["actual"].sum() == 2 * actual.sum()
+        assert part["predicted_torch"].sum() == pytest.approx(3 * actual.sum())
+    assert len(table[table["segment"] == "decile"]) == 10
+    early = table[(table["segment"] == "cohort") & (table["group"] == "2026-01")].iloc[0]
+    assert (early["population"], early["actual"], early["predicted_btyd"]) == (10.0, 20.0, 20.0)
