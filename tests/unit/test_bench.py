@@ -98,3 +98,19 @@ def test_a_marker_from_before_resuming_existed_reads_as_a_finished_preparation(t
     calls = []
     info = bench.prepare(None, None, tmp_path, bench.PIPELINE, bodies(calls, lake))
     assert calls == [] and bench.pipeline_summary(info)["events_per_second"] == 100  # 600 events in 6 s
+
+
+def test_the_btyd_comparison_draws_its_own_customers_and_prepares_nothing():
+    assert bench.stages_needed(["btyd"]) == ()
+    drawn = bench.btyd_customers(20_000, seed=1)
+    assert len(drawn) == 20_000 and drawn["customer_id"].is_unique
+    assert (drawn["recency"] <= drawn["T"]).all() and (drawn["frequency"] >= 0).all()
+    assert ((drawn["monetary_value"] > 0) == (drawn["frequency"] > 0)).all()
+    # the mean number of repeat purchases is BG/NBD's own E[X(T)] (Fader, Hardie & Lee 2005, eq. 9)
+    from scipy.special import hyp2f1
+
+    k = bench.BTYD_TRUTH
+    t = drawn["T"].to_numpy()
+    expected = (k["a"] + k["b"] - 1) / (k["a"] - 1) * (
+        1 - (k["alpha"] / (k["alpha"] + t)) ** k["r"] * hyp2f1(k["r"], k["b"], k["a"] + k["b"] - 1, t / (k["alpha"] + t)))
+    assert drawn["frequency"].mean() == pytest.approx(expected.mean(), rel=0.05)
