@@ -32,6 +32,9 @@ def test_the_own_data_walkthrough_runs_as_written(tmp_path):
     assert [c.split()[2] for c in commands] == ["jobs.check", "jobs.pipeline", "jobs.refine"]
     # GIVEN the layout the README shows, under a scratch $HOME
     purchase_log(tmp_path / "cdstore" / "exports", customers=40, weeks=30)  # enough history for the defaults
+    dates = [line.split(",")[2] for line in (tmp_path / "cdstore" / "exports" / "cdstore" / "events" / "transactions.csv")
+             .read_text(encoding="utf-8").splitlines()[1:]]
+    last = max(dates)  # yyyyMMdd: the run date the pipeline must take from the data
     target = mapping.splitlines()[0].removeprefix("# ").replace("$HOME", str(tmp_path))
     os.makedirs(os.path.dirname(target), exist_ok=True)
     with open(target, "w", encoding="utf-8") as fh:
@@ -47,7 +50,7 @@ def test_the_own_data_walkthrough_runs_as_written(tmp_path):
         outputs.append(done.stdout)
     check, run, replay = outputs
     assert "feeds: personas yes; revenue forecasts yes" in check
-    assert "run date 1997-07-28" in run and "users scored" in run
+    assert f"run date {last[:4]}-{last[4:6]}-{last[6:]}" in run and "users scored" in run
     assert not [demo for demo in DEMO if demo in run]
     # the closing summary names what the data could not support, and why
     for skipped in ("no account export: identity stitching skipped",
