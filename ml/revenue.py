@@ -273,13 +273,19 @@ def metrics(actual: np.ndarray, predicted: np.ndarray, weight: np.ndarray | None
     }
 
 
-def deciles(actual: np.ndarray, predicted: np.ndarray, weight: np.ndarray) -> pd.DataFrame:
-    """Weighted mean predicted and actual revenue per decile of the prediction (1 = lowest);
-    the deciles cut the cumulative weight, so each holds a tenth of the population."""
+def decile_of(predicted: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Each row's decile of the prediction (1 = lowest); the deciles cut the cumulative
+    weight, so each holds a tenth of the population."""
     order = np.argsort(predicted, kind="mergesort")
     cum = np.cumsum(weight[order]) / weight.sum()
     decile = np.empty(len(order), dtype=int)
     decile[order] = np.clip(np.ceil(cum * 10 - 1e-9), 1, 10).astype(int)
+    return decile
+
+
+def deciles(actual: np.ndarray, predicted: np.ndarray, weight: np.ndarray) -> pd.DataFrame:
+    """Weighted mean predicted and actual revenue per decile of the prediction (:func:`decile_of`)."""
+    decile = decile_of(predicted, weight)
     df = pd.DataFrame({"decile": decile, "w": weight, "wa": actual * weight, "wp": predicted * weight})
     g = df.groupby("decile")
     return pd.DataFrame({"population": g.w.sum(), "mean_predicted": g.wp.sum() / g.w.sum(),
@@ -292,11 +298,7 @@ def backtest(actual: np.ndarray, predicted: dict[str, np.ndarray], weight: np.nd
     decile of the first model's prediction, per acquisition ``cohort`` (a label per row), and
     over everyone. One row per (segment, group) with the population, the actual total and
     one ``predicted_<model>`` total per model."""
-    first = next(iter(predicted.values()))
-    order = np.argsort(first, kind="mergesort")
-    cum = np.cumsum(weight[order]) / weight.sum()
-    decile = np.empty(len(order), dtype=int)
-    decile[order] = np.clip(np.ceil(cum * 10 - 1e-9), 1, 10).astype(int)
+    decile = decile_of(next(iter(predicted.values())), weight)
     df = pd.DataFrame({"decile": [f"{d:02d}" for d in decile], "cohort": cohort, "all": "all users",
                        "population": weight, "actual": actual * weight,
                        **{f"predicted_{k}": v * weight for k, v in predicted.items()}})
