@@ -21,11 +21,12 @@ import html
 import io
 import logging
 import sys
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 
 import mlflow
 import mlflow.pyfunc
-import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 from pyspark.sql import DataFrame, SparkSession
@@ -166,7 +167,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
     for line in lines:
         summary.note(line)
     path = f"{settings.lake_root}/reports/ipsynergy-{as_of.isoformat()}.html"
-    lake.write_text(spark, path, report(as_of, tables, profiles, lines, backtest))
+    lake.write_text(spark, path, report(as_of, tables, profiles, lines, backtest_plot(user_lineage["run_id"])))
     summary.note(f"report: {path}")
     return summary
 
@@ -192,6 +193,15 @@ def backtest_of(run_id: str) -> pd.DataFrame | None:
     except Exception:  # noqa: BLE001 - an older run without the artifact: nothing to show
         return None
     return pd.DataFrame(logged["data"], columns=logged["columns"])
+
+
+def backtest_plot(run_id: str) -> bytes | None:
+    """plots/backtest.png of the user model's training run (None for an older run)."""
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/plots/backtest.png", dst_path=tmp)).read_bytes()
+    except Exception:  # noqa: BLE001 - an older run without the plot: nothing to show
+        return None
 
 
 def backtest_lines(table: pd.DataFrame | None) -> list[str]:
@@ -258,7 +268,7 @@ def _figure(draw) -> str:
     return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
-def report(as_of, tables, profiles, lines: list[str], backtest: pd.DataFrame | None = None) -> str:
+def report(as_of, tables, profiles, lines: list[str], backtest_png: bytes | None = None) -> str:
     """One self-contained HTML page: four plots (five with the user model's backtest) and the
     summary."""
     syn, rev = tables["synergy_scores"], tables["revenue_metrics"].sort_values("platform")
@@ -297,22 +307,9 @@ def report(as_of, tables, profiles, lines: list[str], backtest: pd.DataFrame | N
         ax.set_title("Predicted revenue by persona")
         ax.legend(fontsize=7)
 
-    def cohorts(ax):
-        rows = backtest[backtest["segment"] == "cohort"].sort_values("group")
-        models = [c for c in rows.columns if c.startswith("predicted_")]
-        width = 0.8 / (1 + len(models))
-        pos = np.arange(len(rows))
-        ax.bar(pos, rows["actual"], width=width, label="actual", color="#ee6677")
-        for i, m in enumerate(models, start=1):
-            ax.bar(pos + i * width, rows[m], width=width, label=m.removeprefix("predicted_"))
-        ax.set_xticks(pos + width * len(models) / 2, rows["group"], rotation=45, fontsize=7)
-        ax.set_xlabel("acquisition cohort (month of first activity)")
-        ax.set_ylabel("revenue in the held-out horizon")
-        ax.set_title("Backtest of the user model by cohort")
-        ax.legend(fontsize=8)
-
-    draws = (synergy, expansion, balance, personas, *((cohorts,) if backtest is not None else ()))
-    body = "".join(_figure(d) for d in draws)
+    body = "".join(_figure(d) for d in (synergy, expansion, balance, personas))
+    if backtest_png is not None:  # the plot the training run logged, as it is
+        body += f'<img alt="" src="data:image/png;base64,{base64.b64encode(backtest_png).decode()}">'
     text = html.escape("\n".join(lines))
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>ipsynergy {as_of}</title>"
             "<style>body{font-family:sans-serif;margin:2em;max-width:1600px} img{margin:0.5em}"

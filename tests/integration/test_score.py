@@ -145,4 +145,4 @@ def test_summary_and_report(spark, scored):
     # the champion's backtest, by acquisition cohort (the small lake starts in April)
     assert "  all users  users " in text and "  2026-04    users " in text
     html = lake.read_text(spark, f"{settings.lake_root}/reports/ipsynergy-{AS_OF.isoformat()}.html")
-    assert html.count("data:image/png;base64,") == 5  # four plots and the backtest by cohort
+    assert html.count("data:image/png;base64,") == 5  # four plots and the training run's backtest plot
