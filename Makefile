@@ -11,7 +11,7 @@ ARGS ?=
 MLFLOW_PORT ?= 5000
 ENV_ARCHIVE := dist/ipsynergy-env.tar.gz
 BENCH_SCALE ?= small
-.PHONY: help setup run test test-slow train-sweep mlflow-ui package cluster-up cluster-down bench clean
+.PHONY: help setup lint run test test-slow train-sweep mlflow-ui package cluster-up cluster-down bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -23,25 +23,29 @@ $(SETUP_STAMP): pyproject.toml
 	@touch $@
 
 $(JARS_STAMP): $(SETUP_STAMP)
-	$(PY) -m jobs.session --fetch-jars
+	$(PY) -m core.session --fetch-jars
 	@touch $@
 
 setup: $(SETUP_STAMP) $(JARS_STAMP) ## create .venv, install packages, cache the Delta jars (once)
+
+lint: setup ## check that imports point down the layers (jobs -> ml -> transforms -> core) and are tidy
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check jobs ml transforms core tests bench
 
 run: setup ## run the whole pipeline on generated data into lake/ (ARGS="--set key=value ...")
 	$(PY) -m jobs.pipeline $(ARGS)
 
 test: setup ## run the test suite (unit + integration; not the slow fault and cluster tests)
-	$(PY) -m pytest -m "not slow and not cluster" $(ARGS)
+	$(PY) -m pytest -m "not slow and not cluster" --durations=12 $(ARGS)
 
 test-slow: package ## run the slow tests: fault injection, and spark-submit to a standalone cluster
-	$(PY) -m pytest -m "slow or cluster" $(ARGS)
+	$(PY) -m pytest -m "slow or cluster" --durations=12 $(ARGS)
 
 train-sweep: setup ## train one revenue-model run per train.sweep entry on lake/ (after make run)
 	$(PY) -m jobs.train --sweep $(ARGS)
 
 mlflow-ui: setup ## open the MLflow UI on the runs of the configured lake at http://127.0.0.1:$(MLFLOW_PORT) (ARGS="--set lake.root=...")
-	$(PY) -m jobs.tracking --port $(MLFLOW_PORT) $(ARGS)
+	$(PY) -m jobs.mlflow_ui --port $(MLFLOW_PORT) $(ARGS)
 
 $(ENV_ARCHIVE): $(SETUP_STAMP)
 	$(PY) -m jobs.deploy package --with-env

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import duckdb
 
-from jobs.config import PlatformMapping, RefineSettings
+from core.settings import RefineSettings
+from core.sources import PlatformMapping
 from transforms.refine import TRUE_TEXT  # the same truthy spellings as the Spark parse
+
 # The silver-shaped columns both ingest sides write (silver.events without the identity-map
 # user_id and the batch / file bookkeeping, which depend on the run, not on the parse).
 INGEST_COLUMNS = ("event_key", "platform", "source_event_id", "account_id", "content_id", "creator_id",

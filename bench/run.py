@@ -60,11 +60,12 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 
 
 def machine() -> dict:
+    from importlib.metadata import version
+
     import duckdb
     import pyspark
     import sklearn
     import torch
-    from importlib.metadata import version
 
     mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                   if line.startswith("MemTotal"))
@@ -109,9 +110,9 @@ def prepare(spark, settings, data_dir: Path, stages: tuple[str, ...] = PIPELINE,
     stage that was interrupted is marked ``resumed``: its time covers only the rest of its work
     and it is not counted in events per second. A stage that stopped with a missing input (e.g.
     score without a champion) is recorded as such and not tried again."""
-    from jobs import lake
+    from core import lake
+    from core.tables import EVENTS
     from jobs.cli import JobError, Summary
-    from transforms.schemas import EVENTS
 
     bodies = bodies or _pipeline_bodies()
     marker = data_dir / "prepared.json"
@@ -260,9 +261,9 @@ def _files_of(spark, path: str) -> list[str]:
 def bench_aggregate(spark, settings, work: Path, scale: str, runs: int) -> list[dict]:
     """aggregate_user_features: gold.user_features from silver.events (+ gold.user_platform_daily)."""
     from bench import baselines as B
-    from jobs import lake
+    from core import lake
+    from core.tables import EVENTS, USER_FEATURES, USER_PLATFORM_DAILY
     from transforms import gold
-    from transforms.schemas import EVENTS, USER_FEATURES, USER_PLATFORM_DAILY
 
     as_of, cfg = settings.as_of, settings.gold
     ours_out, base_out = work / "aggregate_ours", work / "aggregate_duckdb.parquet"
@@ -294,10 +295,10 @@ def _persona_data(spark, settings):
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from jobs import lake
+    from core import lake
+    from core.tables import PERSONA_PROFILES, USER_FEATURES
     from ml import personas as P
     from transforms.gold import map_keys_in
-    from transforms.schemas import PERSONA_PROFILES, USER_FEATURES
 
     features = lake.read(spark, settings, USER_FEATURES).where(F.col("as_of_date") == F.lit(settings.as_of))
     categories = map_keys_in(features, "category_share")  # the job's own input preparation
@@ -363,10 +364,11 @@ def bench_scoring(spark, settings, work: Path, scale: str, runs: int) -> list[di
     from pyspark.sql import functions as F
 
     from bench import baselines as B
-    from jobs import lake, score, tracking
+    from core import lake, tracking
+    from core.tables import USER_FEATURES
+    from jobs import score
     from transforms import scoring as S
     from transforms import training as T
-    from transforms.schemas import USER_FEATURES
 
     tracking.experiment(settings, "revenue")
     name = tracking.model_name(settings, "user_revenue")
@@ -580,8 +582,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not only:
         what = f"unknown comparison(s) {', '.join(unknown)}" if unknown else "no comparison named"
         parser.error(f"--only {args.only!r}: {what}; choose from {','.join(BENCHES)}")
+    from core.settings import load_settings
     from jobs.cli import configure_logging
-    from jobs.config import load_settings
 
     configure_logging()
     size = SCALES[args.scale]
@@ -598,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
                                                      "spark.eventLog.compress": "false"}))
     settings = load_settings("local", [*overrides, *args.set])
     load_start = os.getloadavg()
-    from jobs.session import build_session
+    from core.session import build_session
 
     startup, spark = timed(lambda: build_session(settings))
     info = prepare(spark, settings, data_dir, stages_needed(only))

@@ -21,14 +21,23 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import lake
-from jobs.cli import Summary, run_job
-from jobs.config import Settings
-from transforms import gold
-from transforms.schemas import (
-    AGGREGATE_LOG, CREATOR_PLATFORM_DAILY, CREATOR_PLATFORM_PERIOD, CREATOR_QUALITY, EVENTS, PLATFORM_DAILY,
-    PLATFORM_PERIOD, TRUTH_CREATORS, TRUTH_PLATFORMS, USER_FEATURES, USER_PLATFORM_DAILY,
+from core import lake
+from core.settings import Settings
+from core.tables import (
+    AGGREGATE_LOG,
+    CREATOR_PLATFORM_DAILY,
+    CREATOR_PLATFORM_PERIOD,
+    CREATOR_QUALITY,
+    EVENTS,
+    PLATFORM_DAILY,
+    PLATFORM_PERIOD,
+    TRUTH_CREATORS,
+    TRUTH_PLATFORMS,
+    USER_FEATURES,
+    USER_PLATFORM_DAILY,
 )
+from jobs.cli import Summary, run_job
+from transforms import gold
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,9 @@ import sys
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from core.settings import Settings
+from core.sources import PlatformMapping
 from jobs.cli import JobError, Summary, input_option, run_job
-from jobs.config import PlatformMapping, Settings
 from jobs.ingest import list_files, read_records
 from jobs.refine import NO_FUTURE, report_reasons
 from transforms import refine

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from jobs.config import ConfigError, load_settings
+from core.settings import ConfigError, load_settings
 
 log = logging.getLogger("ipsynergy")
 
@@ -95,7 +95,7 @@ def run_job(prog: str, description: str, argv: list[str] | None,
         add_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging()
-    from jobs.session import build_session
+    from core.session import build_session
 
     try:
         settings = load_settings(args.env, overrides_of(args), args.as_of)

@@ -29,17 +29,17 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from jobs.config import PROJECT_ROOT
+from core.settings import PROJECT_ROOT
 
 DIST = PROJECT_ROOT / "dist"
 STATE = PROJECT_ROOT / ".cache" / "cluster"
-CODE = ("jobs", "transforms", "ml", "conf")
+CODE = ("jobs", "ml", "transforms", "core", "conf")
 ENV_ARCHIVE = "ipsynergy-env.tar.gz"
 SITE = f"lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
 # Not packed: Spark ships pyspark to executors; the rest is for tests and development, or (triton)
 # only for torch.compile. The project itself travels as ipsynergy.zip.
 ENV_EXCLUDE = ("pyspark/*", "triton/*", "duckdb*", "_duckdb*", "pytest*", "_pytest/*", "chispa*", "venv_pack*",
-               "pyflakes*", "__editable__*", "ipsynergy*")
+               "pyflakes*", "ruff*", "importlinter*", "import_linter*", "grimp*", "__editable__*", "ipsynergy*")
 
 
 def spark_home() -> Path:
@@ -51,7 +51,7 @@ def spark_home() -> Path:
 # -- packaging ---------------------------------------------------------------
 def package_code(dist: Path = DIST) -> list[Path]:
     """Write dist/ipsynergy.zip, dist/submit.py and dist/jars/ (the cached Delta jars)."""
-    from jobs.session import cached_delta_jars, fetch_jars
+    from core.session import cached_delta_jars, fetch_jars
 
     dist.mkdir(parents=True, exist_ok=True)
     code = dist / "ipsynergy.zip"

@@ -15,13 +15,18 @@ import sys
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import lake
-from jobs.cli import Summary, run_job
-from jobs.config import Settings, load_platforms
-from transforms import generate as gen
-from transforms.schemas import (
-    TRUTH_ACCOUNTS, TRUTH_CREATORS, TRUTH_DEFECTS, TRUTH_PEOPLE, TRUTH_PLATFORMS, select_contract,
+from core import lake
+from core.settings import Settings, load_platforms
+from core.tables import (
+    TRUTH_ACCOUNTS,
+    TRUTH_CREATORS,
+    TRUTH_DEFECTS,
+    TRUTH_PEOPLE,
+    TRUTH_PLATFORMS,
+    select_contract,
 )
+from jobs.cli import Summary, run_job
+from transforms import generate as gen
 
 log = logging.getLogger(__name__)
 STAMP = "_GENERATED.json"

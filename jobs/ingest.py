@@ -20,11 +20,12 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import lake
+from core import lake
+from core.settings import Settings
+from core.sources import PlatformMapping
+from core.tables import ACCOUNTS_RAW, EVENTS_RAW, INGEST_MANIFEST, select_contract
 from jobs.cli import Summary, input_option, input_value, run_job
-from jobs.config import PlatformMapping, Settings
 from transforms.ingest import decoded, parquet_records, to_bronze, unreadable_files, whole_file_lines
-from transforms.schemas import ACCOUNTS_RAW, EVENTS_RAW, INGEST_MANIFEST, select_contract
 
 log = logging.getLogger(__name__)
 KINDS = {"events": EVENTS_RAW, "accounts": ACCOUNTS_RAW}

@@ -22,15 +22,20 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import lake, tracking
-from jobs.cli import Summary, run_job
-from jobs.config import Settings
-from ml import personas as P
-from transforms.gold import map_keys_in
-from transforms.schemas import (
-    IDENTITY_MAP, PERSONA_PROFILES, PERSONA_TRANSITIONS, TRUTH_ACCOUNTS, USER_FEATURES, USER_PERSONAS,
+from core import lake, tracking
+from core.settings import Settings
+from core.tables import (
+    IDENTITY_MAP,
+    PERSONA_PROFILES,
+    PERSONA_TRANSITIONS,
+    TRUTH_ACCOUNTS,
+    USER_FEATURES,
+    USER_PERSONAS,
     select_contract,
 )
+from jobs.cli import Summary, run_job
+from ml import personas as P
+from transforms.gold import map_keys_in
 
 log = logging.getLogger(__name__)
 

@@ -15,17 +15,11 @@ import sys
 
 from pyspark.sql import SparkSession
 
-from jobs import aggregate, generate, ingest, lake, personas, refine, score, train
+from core import lake
+from core.settings import Settings
+from core.tables import DATA_TABLES
+from jobs import aggregate, generate, ingest, personas, refine, score, train
 from jobs.cli import Summary, as_of_given, input_option, input_value, run_job
-from jobs.config import Settings
-from transforms import schemas
-
-TABLES = (schemas.EVENTS_RAW, schemas.ACCOUNTS_RAW, schemas.EVENTS, schemas.QUARANTINE, schemas.IDENTITY_MAP,
-          schemas.USER_PLATFORM_DAILY, schemas.CREATOR_PLATFORM_DAILY, schemas.PLATFORM_DAILY, schemas.USER_FEATURES,
-          schemas.CREATOR_QUALITY, schemas.CREATOR_PLATFORM_PERIOD, schemas.PLATFORM_PERIOD,
-          schemas.USER_PERSONAS, schemas.PERSONA_PROFILES, schemas.PERSONA_TRANSITIONS,
-          schemas.USER_REVENUE_SCORES, schemas.SYNERGY_SCORES, schemas.REVENUE_METRICS)
-
 
 SKIPPED = re.compile(r"\bskipped\b|\bleft out\b")
 
@@ -51,7 +45,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, input_roo
         print(last.render(), flush=True)
         # What a stage left out, and why, is repeated at the end: it shapes what the run produced.
         skipped += [f"{name}: {n.strip()}" for n in last.notes if SKIPPED.search(n)]
-    for table in TABLES:
+    for table in DATA_TABLES:
         if lake.exists(spark, settings, table):
             summary.count(f"rows {table.qualified}", lake.read(spark, settings, table).count())
             summary.table(table.qualified, lake.version(spark, settings, table))

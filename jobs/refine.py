@@ -23,14 +23,21 @@ import sys
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import lake
+from core import lake
+from core.settings import Settings
+from core.tables import (
+    ACCOUNTS_RAW,
+    EVENTS,
+    EVENTS_RAW,
+    IDENTITY_MAP,
+    QUARANTINE,
+    REFINE_LOG,
+    TRUTH_ACCOUNTS,
+    select_contract,
+)
 from jobs.cli import JobError, Summary, as_of_given, run_job
-from jobs.config import Settings
 from jobs.generate import STAMP as generate_stamp
 from transforms import identity, refine
-from transforms.schemas import (
-    ACCOUNTS_RAW, EVENTS, EVENTS_RAW, IDENTITY_MAP, QUARANTINE, REFINE_LOG, TRUTH_ACCOUNTS, select_contract,
-)
 
 log = logging.getLogger(__name__)
 DEV_KEY = b"ipsynergy-development-key-do-not-use-in-production"

@@ -32,18 +32,27 @@ from mlflow.tracking import MlflowClient
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import lake, tracking
+from core import lake, tracking
+from core.settings import Settings
+from core.tables import (
+    CREATOR_PLATFORM_PERIOD,
+    CREATOR_QUALITY,
+    PERSONA_PROFILES,
+    PLATFORM_PERIOD,
+    REVENUE_METRICS,
+    SYNERGY_SCORES,
+    TRUTH_CREATORS,
+    TRUTH_PLATFORMS,
+    USER_FEATURES,
+    USER_PERSONAS,
+    USER_REVENUE_SCORES,
+)
 from jobs.cli import JobError, Summary, run_job
-from jobs.config import Settings
 from ml import btyd
 from ml import revenue as R
 from transforms import gold
 from transforms import scoring as S
 from transforms import training as T
-from transforms.schemas import (
-    CREATOR_PLATFORM_PERIOD, CREATOR_QUALITY, PERSONA_PROFILES, PLATFORM_PERIOD, REVENUE_METRICS, SYNERGY_SCORES,
-    TRUTH_CREATORS, TRUTH_PLATFORMS, USER_FEATURES, USER_PERSONAS, USER_REVENUE_SCORES,
-)
 
 log = logging.getLogger(__name__)
 

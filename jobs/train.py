@@ -51,14 +51,14 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import lake, tracking
+from core import lake, tracking
+from core.settings import NetSettings, Settings
+from core.tables import EVENTS, USER_PERSONAS
 from jobs.cli import JobError, Summary, run_job
-from jobs.config import NetSettings, Settings
 from ml import btyd
 from ml import revenue as R
-from transforms import training as T
 from transforms import gold
-from transforms.schemas import EVENTS, USER_PERSONAS
+from transforms import training as T
 
 log = logging.getLogger(__name__)
 MODELS = ("user_revenue", "creator_platform_revenue")

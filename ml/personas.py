@@ -19,7 +19,7 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from jobs.config import PersonaSettings
+from core.settings import PersonaSettings
 from transforms.training import share_columns
 
 # Heavy-tailed counts and amounts enter as sign(x) * ln(1 + |x|).

@@ -28,7 +28,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from torch import nn
 
 if TYPE_CHECKING:  # the logged model carries ml/ only: nothing here may need jobs/ at run time
-    from jobs.config import NetSettings
+    from core.settings import NetSettings
 
 log = logging.getLogger(__name__)
 METRICS = ("rmse", "mae", "gini", "spearman", "total_error_pct")

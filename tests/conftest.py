@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.config import Settings, load_settings
-from jobs.session import build_session
+from core.session import build_session
+from core.settings import Settings, load_settings
 
 # A small generated lake shared by the integration tests (built once per test run).
 SMALL = ["generate.users=150", "generate.creators=24", "generate.sessions=2500", "generate.defect_rate=0.04",

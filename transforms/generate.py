@@ -30,12 +30,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import brentq
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, LongType, StructField, StructType
+from scipy.optimize import brentq
 
-from jobs.config import GenerateSettings
+from core.settings import GenerateSettings
 
 CATEGORIES = ("finance", "career", "tech", "parenting", "culture", "health")
 PRICE_CNY = {"finance": 199.0, "career": 99.0, "tech": 129.0, "parenting": 49.0, "culture": 29.0, "health": 39.0}

@@ -29,9 +29,16 @@ from collections.abc import Mapping
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from transforms.schemas import (
-    CREATOR_PLATFORM_DAILY, CREATOR_PLATFORM_PERIOD, CREATOR_QUALITY, PLATFORM_DAILY, PLATFORM_PERIOD,
-    REVENUE, USER_FEATURES, USER_PLATFORM_DAILY, select_contract,
+from core.tables import (
+    CREATOR_PLATFORM_DAILY,
+    CREATOR_PLATFORM_PERIOD,
+    CREATOR_QUALITY,
+    PLATFORM_DAILY,
+    PLATFORM_PERIOD,
+    REVENUE,
+    USER_FEATURES,
+    USER_PLATFORM_DAILY,
+    select_contract,
 )
 
 READS = ("view", "play")

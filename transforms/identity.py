@@ -14,7 +14,7 @@ import logging
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from transforms.schemas import IDENTITY_MAP, select_contract
+from core.tables import IDENTITY_MAP, select_contract
 
 log = logging.getLogger(__name__)
 BLOCK = 64  # SHA-256 block size in bytes

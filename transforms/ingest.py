@@ -6,7 +6,7 @@ import datetime as dt
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from transforms.schemas import EVENTS_RAW, select_contract
+from core.tables import EVENTS_RAW, select_contract
 
 # raw_format of the one bronze row that stands for a file no reader could open (a truncated
 # Parquet file): refine quarantines it as unreadable_file.

@@ -13,10 +13,11 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from jobs.config import Const, PlatformMapping, RefineSettings, SourceSpec
+from core.settings import RefineSettings
+from core.sources import Const, PlatformMapping, SourceSpec
+from core.tables import AMOUNT, AMOUNT_ORIG, EVENTS, select_contract
 from transforms.identity import user_id_for
 from transforms.ingest import UNREADABLE
-from transforms.schemas import AMOUNT, AMOUNT_ORIG, EVENTS, select_contract
 
 TRUE_TEXT = ("1", "true", "t", "y", "yes")
 # Quoted-CSV-aware split: a separator followed by an even number of quotes.

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from core.tables import REVENUE_METRICS, SYNERGY_SCORES, USER_REVENUE_SCORES, select_contract
 from transforms import training as T
-from transforms.schemas import REVENUE_METRICS, SYNERGY_SCORES, USER_REVENUE_SCORES, select_contract
 
 # Pair features that describe the creator's presence on one platform; a counterfactual row
 # takes the creator's mean over the platforms where it is active.

@@ -26,17 +26,20 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs import deploy, lake
-from jobs.config import PROJECT_ROOT, load_settings
-from jobs.pipeline import TABLES
+from core import lake
+from core.settings import PROJECT_ROOT, load_settings
+from core.tables import DATA_TABLES as TABLES
+from jobs import deploy
 from tests.conftest import make_settings
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(3600)]
 
 # A third of make run's people over the same 181 days (a 90-day lookback and four training dates
-# need them all), two folds: every stage runs, scoring included, in minutes rather than the
-# default data's quarter hour per run. Generated once; both runs read it with --input.
-PIPELINE = ["generate.users=1000", "generate.creators=60", "generate.sessions=60000", "train.folds=2"]
+# need them all), two folds, a narrower persona sweep and shorter training: every stage runs,
+# scoring and the BTYD fits included, in minutes rather than the default data's quarter hour
+# per run. Generated once; both runs read it with --input.
+PIPELINE = ["generate.users=1000", "generate.creators=60", "generate.sessions=60000", "train.folds=2",
+            "personas.k_max=5", "personas.restarts=1", "train.net.max_epochs=40"]
 MIN_EVENTS = 100_000  # what the generated input above must reach in silver.events
 # K-means stops once every centre moves less than personas.tol, so the last centres depend on
 # float sums whose order follows the partitioning: assignments must be equal, the distances to

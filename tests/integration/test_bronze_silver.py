@@ -8,12 +8,22 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from jobs import generate, ingest, lake, refine
+from core import lake
+from core.tables import (
+    ACCOUNTS_RAW,
+    EVENTS,
+    EVENTS_RAW,
+    IDENTITY_MAP,
+    INGEST_MANIFEST,
+    QUARANTINE,
+    REFINE_LOG,
+    TRUTH_ACCOUNTS,
+    TRUTH_DEFECTS,
+)
+from jobs import generate, ingest, refine
 from jobs.cli import Summary
 from tests.conftest import SMALL, make_settings, persisted_rdds
 from transforms import generate as gen
-from transforms.schemas import ACCOUNTS_RAW, EVENTS, EVENTS_RAW, IDENTITY_MAP, INGEST_MANIFEST, QUARANTINE, REFINE_LOG, TRUTH_ACCOUNTS, TRUTH_DEFECTS
-
 
 
 def _files(root: Path) -> dict[str, str]:

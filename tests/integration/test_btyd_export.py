@@ -9,11 +9,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 
-from jobs import lake, tracking
+from core import lake, tracking
+from core.tables import USER_REVENUE_SCORES
 from ml import revenue as R
 from tests.exports import purchase_log
 from tests.integration.test_own_exports import run_date_of, run_pipeline
-from transforms.schemas import USER_REVENUE_SCORES
 
 
 @pytest.mark.slow

@@ -11,13 +11,23 @@ from chispa import assert_df_equality
 from pyspark.sql import functions as F
 from scipy.stats import spearmanr
 
-from jobs import aggregate, lake
+from core import lake
+from core.tables import (
+    AGGREGATE_LOG,
+    CREATOR_PLATFORM_DAILY,
+    CREATOR_PLATFORM_PERIOD,
+    CREATOR_QUALITY,
+    EVENTS,
+    PLATFORM_DAILY,
+    PLATFORM_PERIOD,
+    TRUTH_CREATORS,
+    TRUTH_PLATFORMS,
+    USER_FEATURES,
+    USER_PLATFORM_DAILY,
+)
+from jobs import aggregate
 from jobs.cli import Summary
 from transforms import gold
-from transforms.schemas import (
-    AGGREGATE_LOG, CREATOR_PLATFORM_DAILY, CREATOR_PLATFORM_PERIOD, CREATOR_QUALITY, EVENTS, PLATFORM_DAILY,
-    PLATFORM_PERIOD, TRUTH_CREATORS, TRUTH_PLATFORMS, USER_FEATURES, USER_PLATFORM_DAILY,
-)
 
 FIRST, AS_OF = dt.date(2026, 6, 20), dt.date(2026, 6, 30)
 SNAPSHOTS = (USER_FEATURES, CREATOR_QUALITY, CREATOR_PLATFORM_PERIOD, PLATFORM_PERIOD)

@@ -9,11 +9,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 
-from jobs import check, ingest, lake, pipeline, refine, tracking
+from core import lake, tracking
+from core.tables import EVENTS, QUARANTINE, REFINE_LOG, USER_FEATURES, USER_REVENUE_SCORES
+from jobs import check, ingest, pipeline, refine
 from jobs.cli import JobError, Summary
 from tests.conftest import make_settings
 from tests.exports import course_events, gb18030_orders, purchase_log, write_mapping
-from transforms.schemas import EVENTS, QUARANTINE, REFINE_LOG, USER_FEATURES, USER_REVENUE_SCORES
 
 DEMO = ("zhixue", "tingshu", "ketang", "globalearn")
 # Tiny exports, quick models: a handful of personas, two folds, a small network.

@@ -8,11 +8,12 @@ import mlflow.spark
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import aggregate, lake, personas
+from core import lake
+from core.tables import PERSONA_PROFILES, PERSONA_TRANSITIONS, USER_FEATURES, USER_PERSONAS
+from jobs import aggregate, personas
 from jobs.cli import Summary
 from ml import personas as P
 from tests.conftest import persisted_rdds
-from transforms.schemas import PERSONA_PROFILES, PERSONA_TRANSITIONS, USER_FEATURES, USER_PERSONAS
 
 FIRST, AS_OF = dt.date(2026, 6, 20), dt.date(2026, 6, 30)
 OVERRIDES = {"k_min": 3, "k_max": 5, "restarts": 1}

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from jobs.config import PROJECT_ROOT
+from core.settings import PROJECT_ROOT
 from tests.exports import purchase_log
 from tests.integration.test_own_exports import DEMO
 

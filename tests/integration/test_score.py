@@ -9,14 +9,21 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 
-from jobs import aggregate, lake, personas, score, tracking, train
+from core import lake, tracking
+from core.tables import (
+    CREATOR_PLATFORM_PERIOD,
+    CREATOR_QUALITY,
+    PLATFORM_PERIOD,
+    REVENUE_METRICS,
+    SYNERGY_SCORES,
+    USER_FEATURES,
+    USER_PERSONAS,
+    USER_REVENUE_SCORES,
+)
+from jobs import aggregate, personas, score, train
 from jobs.cli import Summary
 from transforms import scoring as S
 from transforms import training as T
-from transforms.schemas import (
-    CREATOR_PLATFORM_PERIOD, CREATOR_QUALITY, PLATFORM_PERIOD, REVENUE_METRICS, SYNERGY_SCORES, USER_FEATURES,
-    USER_PERSONAS, USER_REVENUE_SCORES,
-)
 
 AS_OF = dt.date(2026, 6, 30)
 TABLES = (USER_REVENUE_SCORES, SYNERGY_SCORES, REVENUE_METRICS)

@@ -5,10 +5,11 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from jobs import lake, tracking, train
+from core import lake, tracking
+from core.tables import EVENTS
+from jobs import train
 from jobs.cli import Summary
 from ml import revenue as R
-from transforms.schemas import EVENTS
 
 METRIC_KEYS = {f"test_{m}" for m in R.METRICS} | {f"baseline_{b}_test_{m}" for b in ("naive", "linear", "hgb")
                                                  for m in R.METRICS}

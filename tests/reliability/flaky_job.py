@@ -14,9 +14,10 @@ from pathlib import Path
 
 from pyspark import TaskContext
 
-from jobs import ingest, lake, refine
+from core import lake
+from core.session import build_session
+from jobs import ingest, refine
 from jobs.cli import Summary
-from jobs.session import build_session
 from tests.conftest import make_settings
 
 

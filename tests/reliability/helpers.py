@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import functions as F
 
-from jobs import lake
+from core import lake
 from tests.conftest import TEST_OVERRIDES
 
 TINGSHU_HEADER = ["record_id", "member_id", "album_id", "anchor_id", "genre", "action", "event_time",

@@ -14,13 +14,22 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import ingest, lake, refine
+from core import lake
+from core.tables import EVENTS, EVENTS_RAW, INGEST_MANIFEST, QUARANTINE, REFINE_LOG
+from jobs import ingest, refine
 from jobs.cli import Summary
 from tests.conftest import make_settings
 from tests.reliability.helpers import (
-    assert_unique_keys, event, local, parquet_table, record, tally, write_accounts, write_events, write_records,
+    assert_unique_keys,
+    event,
+    local,
+    parquet_table,
+    record,
+    tally,
+    write_accounts,
+    write_events,
+    write_records,
 )
-from transforms.schemas import EVENTS, EVENTS_RAW, INGEST_MANIFEST, QUARANTINE, REFINE_LOG
 
 # Bad input of every kind through ingest and refine: the slow suite (make test-slow, CI), with
 # the other fault-injection modules; make test keeps within 15 minutes.

@@ -13,14 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from jobs import ingest, lake, refine
+from core import lake
+from core.settings import PROJECT_ROOT
+from core.tables import ACCOUNTS_RAW, EVENTS, EVENTS_RAW, IDENTITY_MAP, INGEST_MANIFEST, QUARANTINE, REFINE_LOG
+from jobs import ingest, refine
 from jobs.cli import Summary
-from jobs.config import PROJECT_ROOT
 from tests.conftest import make_settings
 from tests.reliability.helpers import (
-    assert_same_table, assert_unique_keys, child_env, job_command, rows_of, write_accounts, write_events,
+    assert_same_table,
+    assert_unique_keys,
+    child_env,
+    job_command,
+    rows_of,
+    write_accounts,
+    write_events,
 )
-from transforms.schemas import ACCOUNTS_RAW, EVENTS, EVENTS_RAW, IDENTITY_MAP, INGEST_MANIFEST, QUARANTINE, REFINE_LOG
 
 pytestmark = pytest.mark.slow
 SILVER = (EVENTS, QUARANTINE, IDENTITY_MAP, REFINE_LOG)

@@ -12,14 +12,29 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import ingest, lake, refine
+from core import lake
+from core.tables import (
+    ACCOUNTS_RAW,
+    EVENTS,
+    EVENTS_RAW,
+    IDENTITY_MAP,
+    INGEST_MANIFEST,
+    QUARANTINE,
+    REFINE_LOG,
+    select_contract,
+)
+from jobs import ingest, refine
 from jobs.cli import Summary
 from tests.conftest import make_settings
 from tests.reliability.helpers import (
-    assert_same_table, assert_unique_keys, differences, rows_of, tally, write_accounts, write_events, write_records,
-)
-from transforms.schemas import (
-    ACCOUNTS_RAW, EVENTS, EVENTS_RAW, IDENTITY_MAP, INGEST_MANIFEST, QUARANTINE, REFINE_LOG, select_contract,
+    assert_same_table,
+    assert_unique_keys,
+    differences,
+    rows_of,
+    tally,
+    write_accounts,
+    write_events,
+    write_records,
 )
 
 # Fault injection at write time: the slow suite (make test-slow, CI), like the process faults.
@@ -219,7 +234,7 @@ def race_lake(spark, raw, reference, tmp_path):
 
 def test_two_writers_at_once_conflict_is_retried_and_equals_a_serial_run(spark, race_lake, caplog):
     settings, a_rows, b_rows, marks, rows = race_lake
-    with caplog.at_level("WARNING", logger="jobs.lake"):
+    with caplog.at_level("WARNING", logger="core.lake"):
         error = _race(spark, settings, a_rows, b_rows, marks)
     assert error is None
     # the conflict did happen, and was retried

@@ -55,7 +55,7 @@ def bodies(calls, lake, stop_in=None):
 
 @pytest.fixture
 def lake(monkeypatch):
-    from jobs import lake as real
+    from core import lake as real
     fake = Lake()
     monkeypatch.setattr(real, "exists", fake.exists)
     monkeypatch.setattr(real, "read", fake.read)

@@ -2,7 +2,8 @@ import datetime as dt
 
 import pytest
 
-from jobs.config import ConfigError, PlatformMapping, load_platforms, load_settings
+from core.settings import ConfigError, load_platforms, load_settings
+from core.sources import PlatformMapping
 
 
 def test_layers_and_overrides_apply_in_order():
@@ -146,7 +147,7 @@ def test_sweep_entries_are_validated_like_the_network_settings():
 
 
 def test_the_mlflow_ui_reads_the_same_settings_as_the_jobs(tmp_path, monkeypatch):
-    from jobs.tracking import ui_command
+    from core.tracking import ui_command
 
     monkeypatch.delenv("IPSYNERGY_LAKE_ROOT", raising=False)
     command = ui_command(load_settings("local", [f"lake.root={tmp_path}/mine"]), 5001)

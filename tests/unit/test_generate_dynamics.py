@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from jobs.config import GenerateSettings
+from core.settings import GenerateSettings
+from core.tables import TRUTH_PEOPLE, select_contract
 from transforms import generate as gen
-from transforms.schemas import TRUTH_PEOPLE, select_contract
 
 CFG = GenerateSettings(dynamics="btyd", users=400, creators=12, sessions=8_000, days=120,
                        start_date=dt.date(2026, 1, 5))  # a Monday
@@ -98,8 +98,8 @@ def test_raw_data_of_the_previous_release_still_counts_as_generated_with_steady_
     # GIVEN the stamp the previous release wrote (no generate.dynamics)
     import json
 
+    from core.settings import Settings
     from jobs import generate as job
-    from jobs.config import Settings
 
     base = {"as_of": dt.date(2026, 6, 30)}
     steady = Settings(**base, generate=GenerateSettings(dynamics="steady"))

@@ -29,11 +29,16 @@ import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
 from pyspark.sql import functions as F
 
-from transforms import gold
-from transforms.schemas import (
-    CREATOR_PLATFORM_PERIOD, CREATOR_QUALITY, EVENTS, PLATFORM_DAILY, PLATFORM_PERIOD, USER_FEATURES,
+from core.tables import (
+    CREATOR_PLATFORM_PERIOD,
+    CREATOR_QUALITY,
+    EVENTS,
+    PLATFORM_DAILY,
+    PLATFORM_PERIOD,
+    USER_FEATURES,
     USER_PLATFORM_DAILY,
 )
+from transforms import gold
 
 AS_OF = dt.date(2026, 1, 10)
 START, PERIOD_START = dt.date(2026, 1, 1), dt.date(2026, 1, 6)

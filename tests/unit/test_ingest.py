@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from core.sources import java_charset
 from jobs import ingest as I
-from jobs.config import java_charset
 from transforms.ingest import to_bronze
 
 

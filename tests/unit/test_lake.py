@@ -1,12 +1,12 @@
-"""jobs.lake on a table written by an older release: the contract gained columns since."""
+"""core.lake on a table written by an older release: the contract gained columns since."""
 from dataclasses import replace
 
 import pytest
 from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
 
-from jobs import lake
+from core import lake
+from core.tables import Table
 from tests.conftest import make_settings
-from transforms.schemas import Table
 
 OLD = Table("gold", "evolving", StructType([StructField("user_id", StringType(), False),
                                             StructField("monetary", DoubleType(), False)]), keys=("user_id",))

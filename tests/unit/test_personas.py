@@ -11,10 +11,10 @@ import pytest
 from pyspark.ml.linalg import Vectors
 from sklearn.metrics import adjusted_rand_score
 
-from jobs.config import PersonaSettings
+from core.settings import PersonaSettings
+from core.tables import USER_FEATURES
 from jobs.personas import transitions
 from ml import personas as P
-from transforms.schemas import USER_FEATURES
 
 CFG = PersonaSettings(k_min=2, k_max=5, restarts=2, seed=3, max_iter=30, init_steps=3, min_share=0.05,
                       min_stability=0.8, bootstrap_fraction=0.8)

@@ -6,9 +6,10 @@ from decimal import Decimal
 import pytest
 from chispa import assert_df_equality
 
-from jobs.config import PlatformMapping, RefineSettings, load_platforms
+from core.settings import RefineSettings, load_platforms
+from core.sources import PlatformMapping
+from core.tables import EVENTS_RAW
 from transforms import refine
-from transforms.schemas import EVENTS_RAW
 
 AS_OF = dt.date(2026, 6, 30)
 CFG = RefineSettings(fx_to_base={"CNY": 1.0, "USD": 7.0})

@@ -11,11 +11,11 @@ from pyspark.sql import functions as F
 from scipy.stats import spearmanr
 from sklearn.metrics import r2_score
 
-from jobs.config import NetSettings
+from core.settings import NetSettings
+from core.tables import EVENTS
 from ml import revenue as R
 from transforms import gold
 from transforms import training as T
-from transforms.schemas import EVENTS
 
 T0 = dt.date(2026, 1, 10)  # feature date; horizon 5 days -> labels from 01-11 to 01-15
 D = lambda day: dt.date(2026, 1, day)  # noqa: E731

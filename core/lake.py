@@ -1,4 +1,4 @@
-"""Storage I/O: the Delta tables declared in transforms.schemas, and plain files.
+"""Storage I/O: the Delta tables declared in core.tables, and plain files.
 
 Files go through Hadoop's FileSystem, so the same code reaches a local disk, HDFS or S3.
 
@@ -19,8 +19,8 @@ from delta.exceptions import DeltaConcurrentModificationException
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
-from jobs.config import Settings
-from transforms.schemas import Table
+from core.settings import Settings
+from core.tables import Table
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -5,7 +5,6 @@ A wrong key or value fails there, with the dotted key in the message.
 """
 from __future__ import annotations
 
-import codecs
 import datetime as dt
 import os
 import zipfile
@@ -13,7 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from core.sources import PlatformMapping, Strict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Shipped to a cluster as ipsynergy.zip (`make package`, spark-submit --py-files): the code and
@@ -27,32 +28,18 @@ else:
 # mappings live in a folder of their own (platforms_dir, --platforms DIR).
 DEMO_PLATFORMS_DIR = CONF_DIR / "platforms"
 LAKE_ROOT_ENV = "IPSYNERGY_LAKE_ROOT"
-UNIFIED_EVENT_TYPES = (
-    "impression", "click", "view", "play", "complete", "like", "comment",
-    "share", "follow", "purchase", "subscribe", "refund",
-)
-EVENT_FIELDS = (
-    "source_event_id", "account_id", "content_id", "creator_id", "category", "event_type",
-    "event_ts", "duration_s", "progress", "amount", "currency", "is_recommended",
-    "campaign_id", "session_id",
-)
-ACCOUNT_FIELDS = ("account_id", "phone", "email", "union_id")
 
 
 class ConfigError(ValueError):
     """A configuration problem, worded for the person who has to fix it."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class LakeSettings(_Strict):
+class LakeSettings(Strict):
     root: str = "lake"
     raw: str | None = None
 
 
-class SparkSettings(_Strict):
+class SparkSettings(Strict):
     app_name: str = "ipsynergy"
     master: str | None = None
     shuffle_partitions: int = Field(8, ge=1)
@@ -65,7 +52,7 @@ class SparkSettings(_Strict):
         return {str(k): str(x) for k, x in v.items()} if isinstance(v, dict) else v
 
 
-class GenerateSettings(_Strict):
+class GenerateSettings(Strict):
     seed: int = 7
     # btyd: cohorts, gamma rates, beta dropout, weekday rhythm; steady: everyone from day one
     # at a steady rate (see transforms/generate.py).
@@ -80,7 +67,7 @@ class GenerateSettings(_Strict):
     files_per_platform: int = Field(2, ge=1)
 
 
-class RefineSettings(_Strict):
+class RefineSettings(Strict):
     base_currency: str = "CNY"
     fx_to_base: dict[str, float] = {"CNY": 1.0}
     future_tolerance_hours: int = Field(24, ge=0)
@@ -99,7 +86,7 @@ class RefineSettings(_Strict):
         return self
 
 
-class GoldSettings(_Strict):
+class GoldSettings(Strict):
     # user_features, Q(C) and E(P, C) look back this many days, ending at as_of.
     lookback_days: int = Field(90, ge=1)
     # K, R, X, R_C, R_P and the recent-revenue feature cover this many days ending at as_of.
@@ -118,7 +105,7 @@ class GoldSettings(_Strict):
         return self
 
 
-class MlflowSettings(_Strict):
+class MlflowSettings(Strict):
     # null: an SQLite store beside the lake (<lake root>/mlflow.db); or http://host:port.
     tracking_uri: str | None = None
     # null: <lake root>/mlartifacts (used when an experiment is first created).
@@ -126,7 +113,7 @@ class MlflowSettings(_Strict):
     experiment_prefix: str = "ipsynergy"
 
 
-class PersonaSettings(_Strict):
+class PersonaSettings(Strict):
     k_min: int = Field(3, ge=2)
     k_max: int = Field(8, ge=2)
     # K-means restarts per candidate k (different seeds); the lowest cost wins.
@@ -151,7 +138,7 @@ class PersonaSettings(_Strict):
         return self
 
 
-class NetSettings(_Strict):
+class NetSettings(Strict):
     """Hyperparameters of the torch revenue regressor (one sweep entry overrides some of them)."""
     # ziln: zero-inflated lognormal likelihood; tweedie: Tweedie deviance (power 1.5), log link.
     loss: Literal["ziln", "tweedie"] = "ziln"
@@ -172,7 +159,7 @@ class NetSettings(_Strict):
         return v
 
 
-class TrainSettings(_Strict):
+class TrainSettings(Strict):
     # Label: net revenue in the horizon_days after the feature date t.
     horizon_days: int = Field(30, ge=1)
     # Training feature dates: `windows` dates, window_step_days apart, the latest one
@@ -214,7 +201,7 @@ class TrainSettings(_Strict):
         return nets
 
 
-class Settings(_Strict):
+class Settings(Strict):
     env: str = "local"
     as_of: dt.date
     lake: LakeSettings = LakeSettings()
@@ -228,7 +215,7 @@ class Settings(_Strict):
     # The folder of platform mappings (<name>.yaml each); null: the demo mappings in conf/platforms.
     platforms_dir: str | None = None
     # The mappings of platforms_dir, validated with the rest (filled by load_settings).
-    platforms: dict[str, "PlatformMapping"] = {}
+    platforms: dict[str, PlatformMapping] = {}
 
     # -- derived locations -------------------------------------------------
     @property
@@ -271,135 +258,6 @@ def resolve_location(location: str) -> str:
         return location.rstrip("/")
     path = Path(location)
     return str(path if path.is_absolute() else ((Path.cwd() if PACKAGED else PROJECT_ROOT) / path).resolve())
-
-
-# -- platform mappings -------------------------------------------------------
-class Const(_Strict):
-    const: str
-
-
-FieldSource = str | Const
-
-
-class TimestampSpec(_Strict):
-    format: str = Field(description="epoch_ms, epoch_s, iso8601, or a Spark datetime pattern")
-    timezone: str = "UTC"
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, v: str) -> str:
-        import zoneinfo
-
-        try:
-            zoneinfo.ZoneInfo(v)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as Asia/Shanghai)") from exc
-        return v
-
-
-class SourceSpec(_Strict):
-    path: str = ""  # informational: the files are read from <input>/<platform>/events and /accounts
-    reader: dict[str, str] = {}
-    columns: list[str] | None = None  # CSV column order (the header)
-    fields: dict[str, FieldSource]
-
-    @property
-    def separator(self) -> str:
-        """The CSV field separator (Spark's reader option sep, or its alias delimiter)."""
-        return self.reader.get("sep", self.reader.get("delimiter", ","))
-
-
-class EventSource(SourceSpec):
-    timestamp: TimestampSpec
-    amount_scale: int = Field(1, ge=1)
-    progress_scale: float = Field(1.0, gt=0)
-    # Source value -> unified type. A value that already is a unified type needs no entry.
-    event_types: dict[str, Literal[UNIFIED_EVENT_TYPES]] = {}  # type: ignore[valid-type]
-
-    @model_validator(mode="after")
-    def _fields_known(self) -> "EventSource":
-        _check_fields(self.fields, EVENT_FIELDS, required=("source_event_id", "account_id", "event_type", "event_ts"))
-        if "amount" in self.fields and "currency" not in self.fields:
-            raise ValueError("fields.amount needs fields.currency: a column, or a constant such as {const: CNY}")
-        if isinstance(self.fields.get("event_type"), Const) and self.fields["event_type"].const not in self.vocabulary:
-            raise ValueError(f"fields.event_type: the constant {self.fields['event_type'].const!r} is neither a "
-                             f"unified event type {list(UNIFIED_EVENT_TYPES)} nor a key of event_types")
-        return self
-
-    @property
-    def vocabulary(self) -> dict[str, str]:
-        """Every source value this mapping understands: the unified names themselves, then event_types."""
-        return {**{t: t for t in UNIFIED_EVENT_TYPES}, **self.event_types}
-
-
-class AccountSource(SourceSpec):
-    @model_validator(mode="after")
-    def _fields_known(self) -> "AccountSource":
-        _check_fields(self.fields, ACCOUNT_FIELDS, required=("account_id",))
-        return self
-
-
-class PlatformMapping(_Strict):
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    format: Literal["json", "csv", "parquet"]
-    # Text encoding of the csv / json files, by its Python codec name (utf-8, gb18030, gbk,
-    # utf-16, latin-1, cp1252, cp932 ...). A byte-order mark is stripped whatever the encoding.
-    encoding: str = "utf-8"
-    events: EventSource
-    # Optional: without an account export every account is its own person.
-    accounts: AccountSource | None = None
-
-    @field_validator("encoding")
-    @classmethod
-    def _known_encoding(cls, v: str) -> str:
-        try:
-            return codecs.lookup(v).name
-        except LookupError:
-            raise ValueError(f"unknown encoding {v!r} (e.g. utf-8, gb18030, gbk, utf-16, latin-1)") from None
-
-    @property
-    def charset(self) -> str:
-        """The encoding as Spark (Java) names it."""
-        return java_charset(self.encoding)
-
-    @property
-    def parts(self) -> dict[str, SourceSpec]:
-        """The exports this mapping describes, by the folder they sit in."""
-        return {"events": self.events, **({"accounts": self.accounts} if self.accounts else {})}
-
-    @model_validator(mode="after")
-    def _csv_has_columns(self) -> "PlatformMapping":
-        for kind, part in self.parts.items():
-            if self.format == "csv" and not part.columns:
-                raise ValueError(f"{kind}: a csv mapping must list its columns (the header, in order)")
-            if self.format == "csv":
-                missing = {v for v in part.fields.values() if isinstance(v, str)} - set(part.columns or [])
-                if missing:
-                    raise ValueError(f"{kind}.fields refer to columns not in {kind}.columns: {sorted(missing)}")
-        return self
-
-
-# Python codec names whose Java name differs (Java knows the rest under the Python name).
-_JAVA_CHARSETS = {"utf-8": "UTF-8", "utf-8-sig": "UTF-8", "cp932": "windows-31j", "cp949": "x-windows-949",
-                  "mac-roman": "x-MacRoman", "utf-16": "UTF-16", "utf-16-le": "UTF-16LE", "utf-16-be": "UTF-16BE",
-                  "utf-32": "UTF-32", "utf-32-le": "UTF-32LE", "utf-32-be": "UTF-32BE", "iso8859-1": "ISO-8859-1",
-                  "cp1252": "windows-1252", "ascii": "US-ASCII", "euc_jp": "EUC-JP", "euc_kr": "EUC-KR",
-                  "shift_jis": "Shift_JIS", "big5": "Big5", "gb2312": "GB2312", "gbk": "GBK", "gb18030": "GB18030"}
-
-
-def java_charset(encoding: str) -> str:
-    """The Java charset name of a Python codec name (what Spark's decode() takes)."""
-    name = codecs.lookup(encoding).name
-    return _JAVA_CHARSETS.get(name, name)
-
-
-def _check_fields(fields: dict, allowed: tuple[str, ...], required: tuple[str, ...]) -> None:
-    unknown = set(fields) - set(allowed)
-    if unknown:
-        raise ValueError(f"unknown fields {sorted(unknown)}; allowed: {list(allowed)}")
-    missing = [f for f in required if f not in fields]
-    if missing:
-        raise ValueError(f"required fields missing: {missing}")
 
 
 # -- loading -----------------------------------------------------------------
@@ -498,5 +356,3 @@ def load_platforms(directory: Path | zipfile.Path | None = None) -> dict[str, Pl
         raise ConfigError(f"no platform mappings found in {directory}")
     return mappings
 
-
-Settings.model_rebuild()

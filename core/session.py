@@ -1,7 +1,7 @@
 """The one SparkSession builder of the suite (jobs and tests), with Delta configured here.
 
 Delta jars: their coordinate is derived from the installed delta-spark and pyspark
-packages (never typed twice). ``python -m jobs.session --fetch-jars`` resolves them once
+packages (never typed twice). ``python -m core.session --fetch-jars`` resolves them once
 through Spark's own Ivy into ``.cache/ivy`` inside the project; every later session uses
 the cached jar files directly, so runs and tests need no network.
 """
@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from jobs.config import PROJECT_ROOT, Settings
+from core.settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def fetch_jars() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.session", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m core.session", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fetch-jars", action="store_true", help="cache the delta jars in .cache/ivy")
     parser.add_argument("--print-coordinate", action="store_true", help="print the delta Maven coordinate")

@@ -1,7 +1,7 @@
 """Table contracts: every lake table's schema, keys, partitioning and constraints, declared once.
 
 Transforms end in ``select_contract(df, TABLE)`` so what they return is exactly the table's
-columns and types; ``jobs.lake`` creates tables from the same objects.
+columns and types; :mod:`core.lake` creates tables from the same objects.
 """
 from __future__ import annotations
 
@@ -10,8 +10,18 @@ from dataclasses import dataclass, field
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
-    ArrayType, BooleanType, DateType, DecimalType, DoubleType, IntegerType, LongType, MapType, StringType,
-    StructField, StructType, TimestampType,
+    ArrayType,
+    BooleanType,
+    DateType,
+    DecimalType,
+    DoubleType,
+    IntegerType,
+    LongType,
+    MapType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
 )
 
 AMOUNT = DecimalType(18, 2)
@@ -294,6 +304,13 @@ TRUTH_DEFECTS = Table(
     _s(("platform", StringType(), False), ("source_event_id", StringType(), False), ("defect", StringType(), False)),
     keys=("platform", "source_event_id", "defect"),
 )
+
+
+# The tables that hold data, in the order it flows through them: not the run logs, nor the
+# generator's truth.
+_RUN_LOGS = (INGEST_MANIFEST, REFINE_LOG, AGGREGATE_LOG)
+DATA_TABLES = tuple(t for t in list(globals().values())
+                    if isinstance(t, Table) and t.layer != "truth" and t not in _RUN_LOGS)
 
 
 def select_contract(df: DataFrame, table: Table) -> DataFrame:
