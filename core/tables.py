@@ -24,6 +24,8 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+from core.sources import UNIFIED_EVENT_TYPES
+
 AMOUNT = DecimalType(18, 2)
 AMOUNT_ORIG = DecimalType(20, 4)
 REVENUE = DecimalType(28, 2)  # sums of AMOUNT
@@ -89,8 +91,7 @@ EVENTS = Table(
         "duration_non_negative": "duration_s IS NULL OR duration_s >= 0",
         "progress_in_unit_range": "progress IS NULL OR (progress >= 0 AND progress <= 1)",
         "amount_sign": "(event_type = 'refund' AND amount <= 0) OR (event_type <> 'refund' AND amount >= 0)",
-        "known_event_type": "event_type IN ('impression','click','view','play','complete','like','comment',"
-                            "'share','follow','purchase','subscribe','refund')",
+        "known_event_type": f"event_type IN ({','.join(repr(t) for t in UNIFIED_EVENT_TYPES)})",
     },
 )
 

@@ -108,13 +108,13 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, force: bo
         plat = gen.with_defects(cfg, name, events.where(F.col("platform") == name))
         plat = plat.cache()
         cached.append(plat)
-        header = ",".join(gen.TINGSHU_COLUMNS) if name == "tingshu" else None
-        files = _write_files(spark, gen.export_events(cfg, name, plat), fmt, f"{raw}/{name}/events", header)
+        header = ",".join(mappings[name].events.columns) if fmt == "csv" else None
+        files = _write_files(spark, gen.export_events(cfg, mappings[name], plat), fmt, f"{raw}/{name}/events", header)
         defects.append(plat.where(F.col("defect").isNotNull() & (F.col("copy") == 0))
                            .select(F.lit(name).alias("platform"), gen.source_event_id(name).alias("source_event_id"), "defect"))
         acc = gen.export_accounts(name, accounts.where(F.col("platform") == name))
         acc = acc.withColumn("file_idx", F.lit(0)).withColumn("ord", F.struct("account_id")).drop("account_id")
-        acc_header = ",".join(gen.TINGSHU_ACCOUNT_COLUMNS) if name == "tingshu" else None
+        acc_header = ",".join(mappings[name].accounts.columns) if fmt == "csv" else None
         files += _write_files(spark, acc, fmt, f"{raw}/{name}/accounts", acc_header)
         log.info("generate: %s written (%d files, %s)", name, files, fmt)
         summary.count(f"files {name}", files)

@@ -36,6 +36,7 @@ from pyspark.sql.types import ArrayType, DoubleType, LongType, StructField, Stru
 from scipy.optimize import brentq
 
 from core.settings import GenerateSettings
+from core.sources import UNIFIED_EVENT_TYPES, PlatformMapping
 
 CATEGORIES = ("finance", "career", "tech", "parenting", "culture", "health")
 PRICE_CNY = {"finance": 199.0, "career": 99.0, "tech": 129.0, "parenting": 49.0, "culture": 29.0, "health": 39.0}
@@ -101,24 +102,6 @@ DEFECTS = {
 }
 DUPLICATE_KINDS = ("duplicate", "replay")
 
-# Unified type -> the code each exporter writes (the inverse of the mapping files).
-EXPORT_CODES = {
-    "zhixue": {"impression": "expose", "click": "tap", "view": "open", "play": "listen", "complete": "finish",
-               "like": "zan", "comment": "reply", "share": "forward", "follow": "follow", "purchase": "buy",
-               "subscribe": "vip", "refund": "refund"},
-    "tingshu": {"impression": "show", "click": "hit", "view": "enter", "play": "play", "complete": "played_through",
-                "like": "thumb", "comment": "comment", "share": "share", "follow": "subscribe_anchor",
-                "purchase": "pay", "subscribe": "member", "refund": "refund"},
-    "ketang": {"impression": "rec_impression", "click": "rec_click", "view": "course_view", "play": "video_play",
-               "complete": "lesson_complete", "like": "like", "comment": "comment", "share": "share",
-               "follow": "follow_teacher", "purchase": "order_paid", "subscribe": "membership",
-               "refund": "order_refund"},
-    "globalearn": {t: t for t in ("impression", "click", "view", "play", "complete", "like", "comment", "share",
-                                  "follow", "purchase", "refund")} | {"subscribe": "subscription"},
-}
-TINGSHU_COLUMNS = ("record_id", "member_id", "album_id", "anchor_id", "genre", "action", "event_time",
-                   "play_seconds", "progress_pct", "price_yuan", "from_feed", "campaign", "session")
-TINGSHU_ACCOUNT_COLUMNS = ("member_id", "phone", "email", "unionid")
 FX_EXPORT = {"USD": 7.1, "HKD": 0.91}
 
 
@@ -501,14 +484,25 @@ def _local(ts_epoch: Column, zone: str, pattern: str) -> Column:
     return F.date_format(F.from_utc_timestamp(F.timestamp_seconds(ts_epoch), zone), pattern)
 
 
-def export_events(cfg: GenerateSettings, platform: str, df: DataFrame) -> DataFrame:
-    """Shape unified events as the platform's exporter writes them.
+def export_codes(mapping: PlatformMapping) -> dict[str, str]:
+    """Unified type -> the code the platform's exporter writes: the inverse of its mapping's
+    event_types (a type the mapping does not rename is written as it is)."""
+    written: dict[str, str] = {}
+    for code, unified in mapping.events.event_types.items():
+        written.setdefault(unified, code)
+    return {t: written.get(t, t) for t in UNIFIED_EVENT_TYPES}
+
+
+def export_events(cfg: GenerateSettings, mapping: PlatformMapping, df: DataFrame) -> DataFrame:
+    """Shape unified events as the platform's exporter writes them, in the codes its mapping
+    reads back.
 
     Returns ``file_idx``, ``ord`` and either one ``value`` text column (json/csv) or the
     typed columns of the Parquet export.
     """
+    platform = mapping.name
     d = F.col("defect")
-    codes = EXPORT_CODES[platform]
+    codes = export_codes(mapping)
     code = F.lit(None).cast("string")
     for unified, c in codes.items():
         code = F.when(F.col("event_type") == unified, F.lit(c)).otherwise(code)

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from core.sources import UNIFIED_EVENT_TYPES
 from core.tables import (
     CREATOR_PLATFORM_DAILY,
     CREATOR_PLATFORM_PERIOD,
@@ -44,8 +45,7 @@ from core.tables import (
 READS = ("view", "play")
 SOCIAL = ("like", "comment", "share", "follow")
 PAID = ("purchase", "subscribe")
-EVENT_COUNTS = ("impression", "click", "view", "play", "complete", "like", "comment", "share", "follow",
-                "purchase", "subscribe", "refund")
+EVENT_COUNTS = UNIFIED_EVENT_TYPES  # user_platform_daily counts every type: <type>s
 
 
 def window(events: DataFrame, start: dt.date, end: dt.date) -> DataFrame:

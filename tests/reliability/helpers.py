@@ -21,18 +21,15 @@ import pyarrow.parquet as pq
 from pyspark.sql import functions as F
 
 from core import lake
+from core.settings import load_platforms
 from tests.conftest import TEST_OVERRIDES
+from transforms.generate import export_codes
 
-TINGSHU_HEADER = ["record_id", "member_id", "album_id", "anchor_id", "genre", "action", "event_time",
-                  "play_seconds", "progress_pct", "price_yuan", "from_feed", "campaign", "session"]
-# unified type -> each platform's source code for it
-VOCAB = {
-    "zhixue": {"view": "open", "play": "listen", "purchase": "buy", "refund": "refund", "like": "zan"},
-    "globalearn": {"view": "view", "play": "play", "purchase": "purchase", "refund": "refund", "like": "like"},
-    "tingshu": {"view": "enter", "play": "play", "purchase": "pay", "refund": "refund", "like": "thumb"},
-    "ketang": {"view": "course_view", "play": "video_play", "purchase": "order_paid", "refund": "order_refund",
-               "like": "like"},
-}
+# The demo mappings say what each platform's records look like: its codes for the unified
+# event types and the tingshu CSV's header.
+_DEMO = load_platforms()
+TINGSHU_HEADER = _DEMO["tingshu"].events.columns
+VOCAB = {p: export_codes(_DEMO[p]) for p in ("zhixue", "globalearn", "tingshu", "ketang")}
 PLATFORMS = tuple(VOCAB)
 START = dt.datetime(2026, 6, 1)
 
