@@ -37,6 +37,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from jobs import STAGES
+
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 # Sizes per scale: one session is about 1.9 events (measured: 180,000 sessions -> 337,303
@@ -48,8 +50,8 @@ SCALES = {
     "1e8": {"users": 550_000, "sessions": 53_000_000, "files": 32},
 }
 TARGETS = {"ingest": 3.0, "aggregate": 3.0, "kmeans": 3.0, "scoring": 8.0, "scaling": 11.0, "btyd": 1.0}
-PIPELINE = ("generate", "ingest", "refine", "aggregate", "personas", "train", "score")
-STAGES = PIPELINE[1:]  # the stages counted in end-to-end events per second
+PIPELINE = STAGES  # jobs.pipeline's stages, in order
+COUNTED = PIPELINE[1:]  # the stages counted in end-to-end events per second
 log = logging.getLogger("bench")
 
 
@@ -155,7 +157,7 @@ def pipeline_summary(info: dict) -> dict:
     a stage that stopped (e.g. score without a champion), was resumed after an interruption or
     has not been prepared yet is named, not counted."""
     resumed = set(info.get("resumed", []))
-    ran = {s: (None if s in resumed else info["stage_seconds"].get(s)) for s in STAGES}
+    ran = {s: (None if s in resumed else info["stage_seconds"].get(s)) for s in COUNTED}
     # errors name the lake by its absolute path: keep this machine's folders out of the results
     info = {**info, "notes": {k: re.sub(r"\S*/(bench/data/)", r"\1", v) for k, v in info["notes"].items()}}
     done = {s: v for s, v in ran.items() if v is not None}

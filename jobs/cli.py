@@ -1,13 +1,18 @@
-"""What every job entry point shares: arguments, logging, settings, session, summary.
+"""The ``ipsynergy`` command, and what every job entry point shares: arguments, logging,
+settings, session, summary.
 
-A job module defines ``execute(spark, settings, summary, **options)`` (the work) and
-``main(argv=None)`` that calls :func:`run_job`. ``python -m jobs.<name>`` and
-``spark-submit jobs/<name>.py`` take the same arguments.
+``ipsynergy JOB [options]`` runs one job; ``python -m jobs.JOB`` and, on a cluster,
+``spark-submit ... dist/submit.py JOB`` take the same arguments. A job module defines
+``execute(spark, settings, summary, **options)`` (the work) and ``main(argv=None)`` that calls
+:func:`run_job`.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime as dt
+import importlib
+import importlib.util
 import logging
 import sys
 import time
@@ -15,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from core.settings import ConfigError, load_settings
+from jobs import STAGES, __version__
 
 log = logging.getLogger("ipsynergy")
 
@@ -128,3 +134,44 @@ def input_option(parser: argparse.ArgumentParser) -> None:
 
 def input_value(args: argparse.Namespace) -> dict:
     return {"input_root": args.input}
+
+
+# -- the ipsynergy command ----------------------------------------------------
+# command -> module under jobs/; each module's docstring gives its line in --help.
+COMMANDS = {"check": "check", **{stage: stage for stage in STAGES}, "pipeline": "pipeline",
+            "mlflow-ui": "mlflow_ui", "deploy": "deploy"}
+
+
+def _summary_line(module: str) -> str:
+    """The first line of a job module's docstring, read without importing it (fast --help)."""
+    spec = importlib.util.find_spec(f"jobs.{module}")
+    source = spec.loader.get_source(spec.name) if spec and spec.loader else None
+    doc = ast.get_docstring(ast.parse(source)) if source else None
+    return (doc or "").strip().splitlines()[0] if doc else ""
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"ipsynergy {__version__}: cross-platform logs to Delta Lake, personas, revenue models and synergy.",
+             "", "usage: ipsynergy COMMAND [options]     (ipsynergy COMMAND --help for its options)", "",
+             "commands:"]
+    lines += [f"  {name:<{width}}  {_summary_line(module)}" for name, module in COMMANDS.items()]
+    lines += ["", "The same commands run on a cluster as: spark-submit [spark options] "
+              "--py-files dist/ipsynergy.zip dist/submit.py COMMAND [options] (docs/cluster.md)."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``ipsynergy COMMAND [options]``: run one job (also dist/submit.py's entry under spark-submit)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["--version"], ["-V"]):
+        print(f"ipsynergy {__version__}")
+        return 0
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"ipsynergy: unknown command {argv[0]!r}; expected one of: {', '.join(COMMANDS)} "
+              f"(ipsynergy --help lists them)", file=sys.stderr)
+        return 2
+    return importlib.import_module(f"jobs.{COMMANDS[argv[0]]}").main(argv[1:])

@@ -282,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("cluster-down", help="stop the cluster and the MLflow server")
     cmd = sub.add_parser("submit-command", help="print the spark-submit line of a job for the local cluster")
     cmd.add_argument("job", nargs=argparse.REMAINDER, help="JOB [job options], e.g. pipeline --env cluster")
+    run = sub.add_parser("submit", help="run a job on the cluster with spark-submit (the line submit-command prints)")
+    run.add_argument("--master", default=None, help="the cluster's master URL (default: the one cluster-up started, "
+                                                    "else spark://127.0.0.1:7077)")
+    run.add_argument("job", nargs=argparse.REMAINDER, help="JOB [job options], e.g. pipeline --env cluster")
     args = parser.parse_args(argv)
     if args.command == "package":
         for path in package_code():
@@ -295,9 +299,16 @@ def main(argv: list[str] | None = None) -> int:
         cluster_down(STATE)
     else:
         cluster = Cluster.load(STATE)
-        master = cluster.master if cluster else "spark://127.0.0.1:7077"
-        print(shlex.join(submit_argv(master, args.job, driver_python=sys.executable,
-                                     conf={"spark.driver.host": "127.0.0.1"})))
+        master = getattr(args, "master", None) or (cluster.master if cluster else "spark://127.0.0.1:7077")
+        argv = submit_argv(master, args.job, driver_python=sys.executable, conf={"spark.driver.host": "127.0.0.1"})
+        if args.command == "submit-command":
+            print(shlex.join(argv))
+            return 0
+        if not args.job:
+            parser.error("submit needs a JOB, e.g. submit pipeline --env cluster")
+        # spark-submit finds Spark through SPARK_HOME: the installed pyspark's, whatever the shell has
+        os.environ["SPARK_HOME"] = str(spark_home())
+        os.execv(argv[0], argv)
     return 0
 
 

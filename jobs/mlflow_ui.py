@@ -1,4 +1,4 @@
-"""`make mlflow-ui`: the MLflow UI on the tracking store the jobs use."""
+"""Open the MLflow UI on the runs of the configured lake (what `make mlflow-ui` runs)."""
 from __future__ import annotations
 
 import os

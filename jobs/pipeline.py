@@ -1,5 +1,7 @@
-"""Run every stage in one Spark session: generate (unless --input is given) -> ingest -> refine
--> aggregate -> personas -> train -> score.
+"""Run every stage in one Spark session, from raw exports (or generated ones) to scores.
+
+The stages: generate (unless --input is given) -> ingest -> refine -> aggregate -> personas
+-> train -> score.
 
 This is what `make run` calls. Each stage prints its own summary; the pipeline ends with
 the table list and row counts.
@@ -12,13 +14,14 @@ from __future__ import annotations
 
 import re
 import sys
+from importlib import import_module
 
 from pyspark.sql import SparkSession
 
 from core import lake
 from core.settings import Settings
 from core.tables import DATA_TABLES
-from jobs import aggregate, generate, ingest, personas, refine, score, train
+from jobs import STAGES, refine
 from jobs.cli import Summary, as_of_given, input_option, input_value, run_job
 
 SKIPPED = re.compile(r"\bskipped\b|\bleft out\b")
@@ -26,12 +29,12 @@ SKIPPED = re.compile(r"\bskipped\b|\bleft out\b")
 
 def execute(spark: SparkSession, settings: Settings, summary: Summary, input_root: str | None = None,
             as_of_given: bool = True) -> Summary:
-    stages = [] if input_root else [("generate", generate.execute, {})]
-    stages += [("ingest", ingest.execute, {"input_root": input_root}), ("refine", refine.execute, {}),
-               ("aggregate", aggregate.execute, {}), ("personas", personas.execute, {}),
-               ("train", train.execute, {}), ("score", score.execute, {})]
+    # With --input the exports are the user's: nothing to generate.
+    stages = [s for s in STAGES if not (input_root and s == "generate")]
+    options = {"ingest": {"input_root": input_root}}
     skipped: list[str] = []
-    for name, body, opts in stages:
+    for name in stages:
+        body, opts = import_module(f"jobs.{name}").execute, options.get(name, {})
         if name == "refine" and input_root and not as_of_given:
             found = refine.data_as_of(spark, settings)
             if found is not None:

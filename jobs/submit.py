@@ -2,29 +2,13 @@
 
     spark-submit [spark options] --py-files dist/ipsynergy.zip dist/submit.py JOB [job options]
 
-JOB is one of: check, generate, ingest, refine, aggregate, personas, train, score, pipeline. The job
-options are those of ``python -m jobs.JOB --help`` (e.g. --env cluster --as-of 2026-06-30
---set lake.root=hdfs:///ipsynergy/lake). `make package` copies this file to dist/; see the
-README, "Running on a cluster".
+JOB and its options are those of the ``ipsynergy`` command (``ipsynergy --help``), e.g.
+``pipeline --env cluster --set lake.root=hdfs:///ipsynergy/lake``. `make package` copies this
+file to dist/; see docs/cluster.md.
 """
-from __future__ import annotations
-
-import importlib
 import sys
 
-JOBS = ("check", "generate", "ingest", "refine", "aggregate", "personas", "train", "score", "pipeline")
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0
-    if argv[0] not in JOBS:
-        print(f"submit.py: unknown job {argv[0]!r}; expected one of {', '.join(JOBS)}", file=sys.stderr)
-        return 2
-    return importlib.import_module(f"jobs.{argv[0]}").main(argv[1:])
-
+from jobs.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

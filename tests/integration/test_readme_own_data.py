@@ -28,8 +28,8 @@ def test_the_own_data_walkthrough_runs_as_written(tmp_path):
     blocks = re.findall(r"```(\w*)\n(.*?)```", readme, re.S)
     mapping = next(body for lang, body in blocks if lang == "yaml")
     commands = [line for lang, body in blocks if lang == "bash" for line in body.splitlines()
-                if line.startswith(".venv/bin/python")]
-    assert [c.split()[2] for c in commands] == ["jobs.check", "jobs.pipeline", "jobs.refine"]
+                if line.startswith(".venv/bin/ipsynergy ")]
+    assert [c.split()[1] for c in commands] == ["check", "pipeline", "refine"]
     # GIVEN the layout the README shows, under a scratch $HOME
     purchase_log(tmp_path / "cdstore" / "exports", customers=40, weeks=30)  # enough history for the defaults
     dates = [line.split(",")[2] for line in (tmp_path / "cdstore" / "exports" / "cdstore" / "events" / "transactions.csv")

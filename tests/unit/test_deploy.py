@@ -42,3 +42,21 @@ def test_cleanup_after_must_be_a_positive_number_of_seconds(value, capsys):
         deploy.main(["cluster-up", "--cleanup-after", value])
     assert stop.value.code == 2
     assert f"argument --cleanup-after: {value!r} is not a whole number of seconds" in capsys.readouterr().err
+
+
+def test_submit_runs_spark_submit_with_the_installed_spark(monkeypatch, tmp_path):
+    """`ipsynergy deploy submit JOB`: the line submit-command prints, run with SPARK_HOME set to the
+    installed pyspark's Spark, so an unactivated virtualenv works (the system python3 that
+    spark-submit's own lookup would run has no pyspark)."""
+    (tmp_path / "jars").mkdir()
+    (tmp_path / "jars" / "delta.jar").write_text("")
+    monkeypatch.setattr(deploy, "DIST", tmp_path)
+    monkeypatch.setattr(deploy.submit_argv, "__defaults__", (tmp_path, None, None))
+    monkeypatch.delenv("SPARK_HOME", raising=False)
+    ran = {}
+    monkeypatch.setattr(deploy.os, "execv", lambda path, argv: ran.update(path=path, argv=argv))
+    assert deploy.main(["submit", "--master", "spark://h:7077", "aggregate", "--as-of", "2026-06-30"]) == 0
+    assert ran["path"].endswith("/bin/spark-submit") and ran["argv"][0] == ran["path"]
+    assert ran["argv"][ran["argv"].index("--master") + 1] == "spark://h:7077"
+    assert ran["argv"][-4:] == [str(tmp_path / "submit.py"), "aggregate", "--as-of", "2026-06-30"]
+    assert deploy.os.environ["SPARK_HOME"] == str(deploy.spark_home())
