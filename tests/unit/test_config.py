@@ -187,3 +187,26 @@ def test_an_amount_needs_a_currency():
     with pytest.raises(ValueError, match=r"fields\.amount needs fields\.currency"):
         PlatformMapping.model_validate(_mapping(fields={"source_event_id": "id", "account_id": "who",
                                                         "event_type": "what", "event_ts": "when", "amount": "id"}))
+
+
+def test_experiments_open_on_their_runs_in_the_mlflow_ui(tmp_path, monkeypatch):
+    """MLflow 3's UI shows an experiment of unknown kind as a GenAI one; ours are model training,
+    with a description saying what to compare. An experiment made by an older release gains both."""
+    import mlflow
+
+    from core import tracking
+
+    monkeypatch.delenv("IPSYNERGY_LAKE_ROOT", raising=False)
+    settings = load_settings("local", [f"lake.root={tmp_path}/lake"])
+    previous = mlflow.get_tracking_uri()
+    try:
+        mlflow.set_tracking_uri(settings.tracking_uri)
+        old = mlflow.create_experiment(f"{settings.mlflow.experiment_prefix}-personas")  # no tags: an older release's
+        assert tracking.experiment(settings, "personas") == old
+        new = tracking.experiment(settings, "revenue")
+        for exp_id, name in ((old, "personas"), (new, "revenue")):
+            tags = mlflow.get_experiment(exp_id).tags
+            assert tags["mlflow.experimentKind"] == "custom_model_development"
+            assert tags["mlflow.note.content"] == tracking.DESCRIPTIONS[name]
+    finally:
+        mlflow.set_tracking_uri(previous)
