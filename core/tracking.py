@@ -8,7 +8,6 @@ import mlflow
 
 from core.settings import Settings
 
-
 # MLflow 3's UI opens an experiment of unknown kind in its GenAI view (traces, judges,
 # prompts); these are model-training experiments, so it should open on the runs table.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")

@@ -33,36 +33,12 @@ from core.tables import (
     USER_PERSONAS,
     select_contract,
 )
+from jobs import report
 from jobs.cli import Summary, run_job
 from ml import personas as P
 from transforms.gold import map_keys_in
 
 log = logging.getLogger(__name__)
-
-
-def _plots(z, names: list[str], sizes: list[int], out: Path) -> list[Path]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    heat, ax = plt.subplots(figsize=(1.0 + 0.55 * z.shape[1], 1.2 + 0.5 * len(names)))
-    im = ax.imshow(z.values, cmap="RdBu_r", vmin=-2.5, vmax=2.5, aspect="auto")
-    ax.set_xticks(range(z.shape[1]), z.columns, rotation=60, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    heat.colorbar(im, ax=ax, label="centre (z-score)")
-    ax.set_title("Persona centres")
-    heat.tight_layout()
-    bars, bx = plt.subplots(figsize=(7, 1 + 0.45 * len(names)))
-    bx.barh(names, sizes, color="#4477aa")
-    bx.invert_yaxis()
-    bx.set_xlabel("users")
-    bx.set_title("Persona sizes")
-    bars.tight_layout()
-    paths = [out / "persona_centres_z.png", out / "persona_sizes.png"]
-    heat.savefig(paths[0], dpi=110)
-    bars.savefig(paths[1], dpi=110)
-    plt.close("all")
-    return paths
 
 
 def profiles(flat: DataFrame, assigned: DataFrame, cols: list[str], categories: list[str], platforms: list[str],
@@ -164,7 +140,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
                             "stability_ari_chosen": best.stability})
         with tempfile.TemporaryDirectory() as tmp:
             ordered = [names[i] for i in range(best.k)]
-            for path in _plots(z.set_axis(ordered), ordered, sizes, Path(tmp)):
+            for path in report.persona_plots(z.set_axis(ordered), ordered, sizes, Path(tmp)):
                 mlflow.log_artifact(str(path), "plots")
         mlflow.spark.log_model(P.fitted_pipeline(prep, best.model), artifact_path="persona_pipeline",
                                pip_requirements=[f"pyspark=={pyspark.__version__}"])

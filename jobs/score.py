@@ -16,13 +16,9 @@ balance and the champions' metrics, and an HTML report with plots goes to
 """
 from __future__ import annotations
 
-import base64
-import html
-import io
 import logging
 import sys
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 
 import mlflow
@@ -47,6 +43,7 @@ from core.tables import (
     USER_PERSONAS,
     USER_REVENUE_SCORES,
 )
+from jobs import report
 from jobs.cli import JobError, Summary, run_job
 from ml import btyd
 from ml import revenue as R
@@ -172,11 +169,11 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
                 if lake.exists(spark, settings, PERSONA_PROFILES) else None)
     truth = against_truth(spark, settings, synergy_table=tables["synergy_scores"])
     backtest = backtest_of(user_lineage["run_id"])
-    lines = _summary_lines(tables, profiles, champions, truth) + backtest_lines(backtest)
+    lines = report.summary_lines(tables, profiles, champions, truth) + report.backtest_lines(backtest)
     for line in lines:
         summary.note(line)
     path = f"{settings.lake_root}/reports/ipsynergy-{as_of.isoformat()}.html"
-    lake.write_text(spark, path, report(as_of, tables, profiles, lines, backtest_plot(user_lineage["run_id"])))
+    lake.write_text(spark, path, report.html_page(as_of, tables, profiles, lines, backtest_plot(user_lineage["run_id"])))
     summary.note(f"report: {path}")
     return summary
 
@@ -211,119 +208,6 @@ def backtest_plot(run_id: str) -> bytes | None:
             return Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/plots/backtest.png", dst_path=tmp)).read_bytes()
     except Exception:  # noqa: BLE001 - an older run without the plot: nothing to show
         return None
-
-
-def backtest_lines(table: pd.DataFrame | None) -> list[str]:
-    """The user model's backtest (its training run's held-out horizon): totals, then by
-    acquisition cohort, the network and BTYD beside what was realised."""
-    if table is None:
-        return []
-    models = [c for c in table.columns if c.startswith("predicted_")]
-
-    def row(r) -> str:
-        cells = [f"{m.removeprefix('predicted_')} {r[m]:>12,.0f} ({(r[m] / r['actual'] - 1) * 100:+6.1f}%)"
-                 if r["actual"] else f"{m.removeprefix('predicted_')} {r[m]:>12,.0f}" for m in models]
-        return f"users {r['population']:>9,.0f}  actual {r['actual']:>12,.0f}  " + "  ".join(cells)
-
-    total = table[table["segment"] == "all"].iloc[0]
-    lines = ["backtest of the user model on its held-out horizon (weighted totals):", f"  {'all users':<10} {row(total)}"]
-    lines += [f"  {r['group']:<10} {row(r)}" for _, r in
-              table[table["segment"] == "cohort"].sort_values("group").iterrows()]
-    return lines
-
-
-def _summary_lines(tables, profiles, champions: Mapping, truth: float | None) -> list[str]:
-    syn, rev = tables["synergy_scores"], tables["revenue_metrics"]
-    lines = ["top synergy pairs (Q x E):"] if len(syn) else []
-    for r in syn.dropna(subset=["synergy"]).nlargest(5, "synergy").itertuples():
-        lines.append(f"  {r.creator_id:<14} {r.platform:<11} synergy {r.synergy:.3f} (Q {r.q:.2f}, E {r.e:.2f})  "
-                     f"R_C {r.r_c:>10,.2f}  next {r.predicted_revenue:>10,.2f}")
-    if len(syn):
-        lines.append("largest expansion opportunities (predicted revenue there, uplift over today):")
-    for r in syn.dropna(subset=["uplift"]).nlargest(5, "uplift").itertuples():
-        lines.append(f"  {r.creator_id:<14} -> {r.platform:<11} ({r.status})  potential {r.potential_revenue:>10,.2f}  "
-                     f"uplift {r.uplift:>+10,.2f}")
-    lines.append(f"revenue balance per platform: {'platform':<11} {'R_P':>10} {'ΣR_C':>11} {'gap':>11} "
-                 f"{'share':>6} {'next (pred.)':>13}")
-    for r in rev.sort_values("platform").itertuples():
-        share = "n/a" if r.creator_share != r.creator_share else f"{r.creator_share:.1%}"
-        lines.append(f"  {'':<27} {r.platform:<11} {r.r_p:>10,.2f} {r.sum_r_c:>11,.2f} {r.gap:>11,.2f} {share:>6} "
-                     f"{r.predicted_revenue_next:>13,.2f}")
-    if profiles is not None and len(profiles):
-        lines.append("personas:")
-        for r in profiles.sort_values("size", ascending=False).itertuples():
-            rev_share = "n/a" if r.revenue_share != r.revenue_share else f"{r.revenue_share:.1%}"
-            lines.append(f"  {r.persona_label[:50]:<50} {r.size:>7,} users {r.user_share:>6.1%}  revenue {rev_share:>6}")
-    for model, (lineage, m) in champions.items():
-        lines.append(f"champion {lineage['model_name']} v{lineage['model_version']} ({lineage['candidate']}): "
-                     f"Gini {m['gini']:.3f}, Spearman "
-                     f"{m['spearman']:.3f}, RMSE {m['rmse']:.2f}, total error {m['total_error_pct']:+.1f}%")
-    if truth is not None:
-        lines.append(f"evaluation: Spearman synergy vs planted quality x promotion {truth:.3f} (truth is not used by the job)")
-    return lines
-
-
-def _figure(draw) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    draw(ax)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
-
-
-def report(as_of, tables, profiles, lines: list[str], backtest_png: bytes | None = None) -> str:
-    """One self-contained HTML page: four plots (five with the user model's backtest) and the
-    summary."""
-    syn, rev = tables["synergy_scores"], tables["revenue_metrics"].sort_values("platform")
-    top = syn.dropna(subset=["synergy"]).nlargest(12, "synergy").iloc[::-1]
-    grow = syn.dropna(subset=["uplift"]).nlargest(12, "uplift").iloc[::-1]
-
-    def synergy(ax):
-        ax.barh(top["creator_id"] + " @ " + top["platform"], top["synergy"], color="#4477aa")
-        ax.set_xlabel("synergy = Q x E")
-        ax.set_title("Top creator x platform synergy")
-
-    def expansion(ax):
-        ax.barh(grow["creator_id"] + " -> " + grow["platform"], grow["uplift"], color="#228833")
-        ax.set_xlabel("predicted uplift next period (CNY)")
-        ax.set_title("Largest expansion opportunities")
-
-    def balance(ax):
-        x = range(len(rev))
-        ax.bar([i - 0.27 for i in x], rev["r_p"], width=0.27, label="R_P (platform, promotion)", color="#4477aa")
-        ax.bar(list(x), rev["sum_r_c"], width=0.27, label="ΣR_C (creators)", color="#ee6677")
-        ax.bar([i + 0.27 for i in x], rev["predicted_revenue_next"], width=0.27, label="predicted next period",
-               color="#ccbb44")
-        ax.set_xticks(list(x), rev["platform"])
-        ax.set_ylabel("CNY")
-        ax.set_title("Revenue balance per platform")
-        ax.legend(fontsize=8)
-
-    def personas(ax):
-        bottom = [0.0] * len(rev)
-        names = sorted({k for m in rev["predicted_by_persona"] for k, _ in (m.items() if isinstance(m, dict) else m)})
-        for name in names:
-            values = [dict(m).get(name, 0.0) for m in rev["predicted_by_persona"]]
-            ax.bar(rev["platform"], values, bottom=bottom, label=name[:40])
-            bottom = [b + v for b, v in zip(bottom, values)]
-        ax.set_ylabel("predicted revenue next period (CNY)")
-        ax.set_title("Predicted revenue by persona")
-        ax.legend(fontsize=7)
-
-    body = "".join(_figure(d) for d in (synergy, expansion, balance, personas))
-    if backtest_png is not None:  # the plot the training run logged, as it is
-        body += f'<img alt="" src="data:image/png;base64,{base64.b64encode(backtest_png).decode()}">'
-    text = html.escape("\n".join(lines))
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>ipsynergy {as_of}</title>"
-            "<style>body{font-family:sans-serif;margin:2em;max-width:1600px} img{margin:0.5em}"
-            "pre{background:#f6f6f6;padding:1em}</style></head>"
-            f"<body><h1>ipsynergy — {as_of}</h1><div>{body}</div><h2>Summary</h2><pre>{text}</pre></body></html>")
 
 
 def main(argv: list[str] | None = None) -> int:

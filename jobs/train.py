@@ -54,6 +54,7 @@ from pyspark.sql import functions as F
 from core import lake, tracking
 from core.settings import NetSettings, Settings
 from core.tables import EVENTS, USER_PERSONAS
+from jobs import report
 from jobs.cli import JobError, Summary, run_job
 from ml import btyd
 from ml import revenue as R
@@ -135,78 +136,10 @@ def training_rows(spark: SparkSession, settings: Settings, model: str, silver: D
     return spec, rows, train_dates, test_date
 
 
-def _plots(test: Split, predicted: np.ndarray, folds: list[R.Fit], deciles: pd.DataFrame, title: str, out: Path) -> list[Path]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = [out / "predicted_vs_actual.png", out / "decile_calibration.png", out / "loss_curve.png"]
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.scatter(np.log1p(np.clip(test.y, 0, None)), np.log1p(predicted), s=6, alpha=0.35, color="#4477aa")
-    top = max(np.log1p(np.clip(test.y, 0, None)).max(), np.log1p(predicted).max()) * 1.02
-    ax.plot([0, top], [0, top], color="#888", lw=1)
-    ax.set_xlabel("actual revenue, ln(1 + x)")
-    ax.set_ylabel("predicted revenue, ln(1 + x)")
-    ax.set_title(f"{title}: predicted vs actual (test)")
-    fig.tight_layout()
-    fig.savefig(paths[0], dpi=110)
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    pos = deciles["decile"].to_numpy()
-    ax.bar(pos - 0.2, deciles["mean_predicted"], width=0.4, label="predicted", color="#4477aa")
-    ax.bar(pos + 0.2, deciles["mean_actual"], width=0.4, label="actual", color="#ee6677")
-    ax.set_xticks(pos)
-    ax.set_xlabel("decile of predicted revenue")
-    ax.set_ylabel("mean revenue")
-    ax.set_title(f"{title}: decile calibration (test)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(paths[1], dpi=110)
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for k, f in enumerate(folds):
-        epochs = [h[0] for h in f.history]
-        line, = ax.plot(epochs, [h[1] for h in f.history], lw=1, label=f"fold {k} train")
-        ax.plot(epochs, [h[2] for h in f.history], lw=1, ls="--", color=line.get_color(), label=f"fold {k} held out")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (weighted, per row)")
-    ax.set_title(f"{title}: loss")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(paths[2], dpi=110)
-    plt.close("all")
-    return paths
-
-
 def cohorts(frame: pd.DataFrame) -> np.ndarray:
     """The acquisition cohort of each row: the month of the user's first active day."""
     first = pd.to_datetime(frame["as_of_date"]) - pd.to_timedelta(frame["tenure_days"], unit="D")
     return first.dt.strftime("%Y-%m").fillna("unknown").to_numpy()
-
-
-def _backtest_plot(table: pd.DataFrame, title: str, out: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models = [c for c in table.columns if c.startswith("predicted_")]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, segment, label in ((axes[0], "decile", "decile of predicted revenue"),
-                               (axes[1], "cohort", "acquisition cohort (month of first activity)")):
-        rows = table[table["segment"] == segment].sort_values("group")
-        pos = np.arange(len(rows))
-        width = 0.8 / (1 + len(models))
-        ax.bar(pos, rows["actual"], width=width, label="actual", color="#ee6677")
-        for i, m in enumerate(models, start=1):
-            ax.bar(pos + i * width, rows[m], width=width, label=m.removeprefix("predicted_"))
-        ax.set_xticks(pos + width * len(models) / 2, rows["group"], rotation=45, fontsize=7)
-        ax.set_xlabel(label)
-        ax.set_ylabel("revenue in the held-out horizon (total)")
-    axes[0].legend()
-    fig.suptitle(f"{title}: backtest on the held-out horizon")
-    fig.tight_layout()
-    path = out / "backtest.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def champion_metrics(settings: Settings, model_kind: str, test: Split) -> tuple[str, dict[str, float] | None, str] | None:
@@ -303,11 +236,11 @@ def train_one(settings: Settings, spec: T.ModelSpec, log_mask: np.ndarray, net: 
             table = R.backtest(test.y, shown, test.w, cohorts(test.frame))
             mlflow.log_table(table, "backtest.json")
             with tempfile.TemporaryDirectory() as tmp:
-                mlflow.log_artifact(str(_backtest_plot(table, spec.name, Path(tmp))), "plots")
+                mlflow.log_artifact(str(report.backtest_figure(table, spec.name, Path(tmp))), "plots")
         if btyd_fits:
             mlflow.log_dict({str(t): f.as_dict() if f else None for t, f in btyd_fits.items()}, "btyd_fits.json")
         with tempfile.TemporaryDirectory() as tmp:
-            for path in _plots(test, predicted, fitted.folds, deciles, spec.name, Path(tmp)):
+            for path in report.training_plots(test.y, predicted, fitted.folds, deciles, spec.name, Path(tmp)):
                 mlflow.log_artifact(str(path), "plots")
         uris = log_candidates(fitted.model, baselines, test.frame[list(spec.features)])
         champion_scores = None
