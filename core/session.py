@@ -76,7 +76,8 @@ def session_conf(settings: Settings, submitted: dict[str, str] | None = None) ->
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.shuffle.partitions": str(settings.spark.shuffle_partitions),
         "spark.ui.enabled": str(settings.spark.ui).lower(),
-        "spark.ui.showConsoleProgress": "false",
+        # Spark's stage progress bar where someone watches (a terminal), not in logs or CI
+        "spark.ui.showConsoleProgress": str(sys.stderr.isatty()).lower(),
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
         # Exports come in GB18030, GBK, Latin-1 ...: decode() may use any Java charset (not only

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from importlib import import_module
 
 from pyspark.sql import SparkSession
@@ -33,8 +34,10 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, input_roo
     stages = [s for s in STAGES if not (input_root and s == "generate")]
     options = {"ingest": {"input_root": input_root}}
     skipped: list[str] = []
-    for name in stages:
+    for number, name in enumerate(stages, start=1):
         body, opts = import_module(f"jobs.{name}").execute, options.get(name, {})
+        print(f"pipeline: [{number}/{len(stages)}] {name} ...", flush=True)
+        started = time.monotonic()
         if name == "refine" and input_root and not as_of_given:
             found = refine.data_as_of(spark, settings)
             if found is not None:
@@ -46,6 +49,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, input_roo
                 print(f"pipeline: no event passes refine's checks, so the run date stays {settings.as_of}", flush=True)
         last = body(spark, settings, Summary(f"pipeline/{name}"), **opts)
         print(last.render(), flush=True)
+        print(f"pipeline: [{number}/{len(stages)}] {name} done in {time.monotonic() - started:.0f}s", flush=True)
         # What a stage left out, and why, is repeated at the end: it shapes what the run produced.
         skipped += [f"{name}: {n.strip()}" for n in last.notes if SKIPPED.search(n)]
     for table in DATA_TABLES:

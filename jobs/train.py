@@ -50,6 +50,7 @@ from mlflow.tracking import MlflowClient
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from tqdm.auto import tqdm
 
 from core import lake, tracking
 from core.settings import NetSettings, Settings
@@ -206,15 +207,30 @@ def train_one(settings: Settings, spec: T.ModelSpec, log_mask: np.ndarray, net: 
             mlflow.log_input(dataset, context=context)
         started = time.monotonic()
 
+        bars: dict[int, tqdm] = {}
+
         def progress(fold: int, epoch: int, train_loss: float, val_loss: float) -> None:
-            log.info("%s fold %d/%d epoch %d/%d: train loss %.4f, held-out loss %.4f", spec.name, fold + 1,
-                     settings.train.folds, epoch, net.max_epochs, train_loss, val_loss)
+            # every epoch at DEBUG; a bar per fold in a terminal (early stopping ends it short)
+            log.debug("%s fold %d/%d epoch %d/%d: train loss %.4f, held-out loss %.4f", spec.name, fold + 1,
+                      settings.train.folds, epoch, net.max_epochs, train_loss, val_loss)
+            if fold not in bars:
+                for done in bars.values():
+                    done.close()
+                bars[fold] = tqdm(total=net.max_epochs, desc=f"{spec.name} fold {fold + 1}/{settings.train.folds}",
+                                  unit="epoch", leave=False, disable=not sys.stderr.isatty())
+            bars[fold].update(1)
+            bars[fold].set_postfix(held_out_loss=f"{val_loss:.4f}", refresh=False)
 
         # The total is calibrated on the latest training date: its labels end where the test
         # split's features begin, the most recent fully observed horizon (never the test labels).
         latest = (train.frame["as_of_date"] == train.frame["as_of_date"].max()).to_numpy()
         fitted = R.cross_fit(train.x, train.y, train.w, train.fold, log_mask, net, settings.train.seed, progress,
                              calibrate=latest)
+        for bar in bars.values():
+            bar.close()
+        for k, f in enumerate(fitted.folds):
+            log.info("%s fold %d/%d: %d epochs, best held-out loss %.4f", spec.name, k + 1, settings.train.folds,
+                     len(f.history), min(h[2] for h in f.history))
         now = int(time.time() * 1000)
         history = [Metric(f"{key}_fold{k}", v, now, e) for k, f in enumerate(fitted.folds) for e, tl, vl in f.history
                    for key, v in (("train_loss", tl), ("val_loss", vl))]
