@@ -113,8 +113,9 @@ def prepare(spark, settings, data_dir: Path, stages: tuple[str, ...] = PIPELINE,
     and it is not counted in events per second. A stage that stopped with a missing input (e.g.
     score without a champion) is recorded as such and not tried again."""
     from core import lake
+    from core.errors import UserError
     from core.tables import EVENTS
-    from jobs.cli import JobError, Summary
+    from jobs.cli import Summary
 
     bodies = bodies or _pipeline_bodies()
     marker = data_dir / "prepared.json"
@@ -137,7 +138,7 @@ def prepare(spark, settings, data_dir: Path, stages: tuple[str, ...] = PIPELINE,
         try:
             seconds, summary = timed(lambda: bodies[name](spark, settings, Summary(f"bench/{name}")))
             print(summary.render(), flush=True)
-        except (FileNotFoundError, JobError) as err:  # e.g. too little data to train: recorded, the bench goes on
+        except UserError as err:  # e.g. too little data to train: recorded, the bench goes on
             seconds = None
             info["notes"][name] = str(err)
             log.warning("prepare %s failed: %s", name, err)

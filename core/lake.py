@@ -160,7 +160,7 @@ def _add_new_columns(spark: SparkSession, path: str, table: Table, delta: DeltaT
 def read(spark: SparkSession, settings: Settings, table: Table, as_of_version: int | None = None) -> DataFrame:
     """The table (at ``as_of_version`` if given: a pinned snapshot that later commits cannot change)."""
     if not exists(spark, settings, table):
-        raise FileNotFoundError(
+        raise MissingInput(
             f"table {table.qualified} not found at {path_of(settings, table)}: run the job that writes it first"
         )
     reader = spark.read.format("delta")

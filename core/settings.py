@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from core.errors import ConfigError
 from core.sources import PlatformMapping, Strict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -28,10 +29,6 @@ else:
 # mappings live in a folder of their own (platforms_dir, --platforms DIR).
 DEMO_PLATFORMS_DIR = CONF_DIR / "platforms"
 LAKE_ROOT_ENV = "IPSYNERGY_LAKE_ROOT"
-
-
-class ConfigError(ValueError):
-    """A configuration problem, worded for the person who has to fix it."""
 
 
 class LakeSettings(Strict):

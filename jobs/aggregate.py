@@ -22,6 +22,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from core import lake
+from core.errors import MissingInput, NotEnoughData
 from core.settings import Settings
 from core.tables import (
     AGGREGATE_LOG,
@@ -83,7 +84,7 @@ def _all_dates(silver: DataFrame, horizon: dt.date) -> list[dt.date]:
 def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summary:
     as_of, cfg = settings.as_of, settings.gold
     if not lake.exists(spark, settings, EVENTS):
-        raise FileNotFoundError(f"silver.events not found under {settings.lake_root}: run jobs.refine first")
+        raise MissingInput(f"silver.events not found under {settings.lake_root}: run jobs.refine first")
     silver_version = lake.version(spark, settings, EVENTS)
     # One pinned snapshot for the whole run: a refine committing meanwhile cannot mix in.
     silver = lake.read(spark, settings, EVENTS, as_of_version=silver_version)
@@ -105,7 +106,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
             summary.table(table.qualified, lake.replace_where(spark, settings, table, frame, slice_sql))
 
     if not lake.exists(spark, settings, USER_PLATFORM_DAILY):
-        raise FileNotFoundError(f"silver.events has no event on or before {as_of}: nothing to aggregate "
+        raise NotEnoughData(f"silver.events has no event on or before {as_of}: nothing to aggregate "
                                 "(check --as-of, or run jobs.refine)")
 
     start = gold.lookback_start(as_of, cfg.lookback_days)

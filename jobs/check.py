@@ -19,9 +19,10 @@ import sys
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from core.errors import InputRejected
 from core.settings import Settings
 from core.sources import PlatformMapping
-from jobs.cli import JobError, Summary, input_option, run_job
+from jobs.cli import Summary, input_option, run_job
 from jobs.ingest import list_files, read_records
 from jobs.refine import NO_FUTURE, report_reasons
 from transforms import refine
@@ -114,7 +115,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, input_roo
         summary.note(f"problem: {p}")
     if problems:
         print(summary.render(), flush=True)
-        raise JobError(f"check found {len(problems)} problem(s); see above. Nothing was written.")
+        raise InputRejected(f"check found {len(problems)} problem(s); see above. Nothing was written.")
     summary.note("nothing was written; run the pipeline with the same --input and --platforms")
     return summary
 

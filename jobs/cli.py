@@ -19,15 +19,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from core.settings import ConfigError, load_settings
+from core.errors import UserError
+from core.settings import load_settings
 from jobs import STAGES, __version__
 
 log = logging.getLogger("ipsynergy")
-
-
-class JobError(RuntimeError):
-    """A failure caused by the input or the configuration, not by a bug: its message names the
-    bad input and the fix, and the job prints it without a traceback and exits with status 1."""
 
 
 def _date(text: str) -> dt.date:
@@ -106,14 +102,10 @@ def run_job(prog: str, description: str, argv: list[str] | None,
     try:
         settings = load_settings(args.env, overrides_of(args), args.as_of)
         spark = build_session(settings)
-    except ConfigError as err:
-        print(f"{prog}: {err}", file=sys.stderr)
-        return 2
-    try:
         summary = body(spark, settings, Summary(prog), **(options(args) if options else {}))
-    except (FileNotFoundError, JobError, ConfigError) as err:  # the input or settings: say which, no traceback
+    except UserError as err:  # the input or settings: say which and how to fix it, no traceback
         print(f"{prog}: {err}", file=sys.stderr)
-        return 1
+        return err.exit_code
     text = summary.render()
     print(text)
     log.info("%s finished", prog)
@@ -174,4 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ipsynergy: unknown command {argv[0]!r}; expected one of: {', '.join(COMMANDS)} "
               f"(ipsynergy --help lists them)", file=sys.stderr)
         return 2
-    return importlib.import_module(f"jobs.{COMMANDS[argv[0]]}").main(argv[1:])
+    try:
+        return importlib.import_module(f"jobs.{COMMANDS[argv[0]]}").main(argv[1:])
+    except UserError as err:  # raised outside a job's own handling (deploy, mlflow-ui)
+        print(f"ipsynergy {argv[0]}: {err}", file=sys.stderr)
+        return err.exit_code

@@ -29,6 +29,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from core.errors import MissingInput, UserError
 from core.settings import PROJECT_ROOT
 
 DIST = PROJECT_ROOT / "dist"
@@ -86,7 +87,7 @@ def pack_env(dist: Path = DIST) -> Path:
 def jars(dist: Path = DIST) -> list[Path]:
     found = sorted((dist / "jars").glob("*.jar"))
     if not found:
-        raise SystemExit(f"no jars in {dist / 'jars'}: run 'make package' first")
+        raise MissingInput(f"no jars in {dist / 'jars'}: run 'make package' first")
     return found
 
 
@@ -158,7 +159,7 @@ def _wait(what: str, ready, timeout: float, logs: Path) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
         if time.monotonic() > deadline:
-            raise SystemExit(f"{what} did not come up within {timeout:.0f}s; see the logs in {logs}")
+            raise UserError(f"{what} did not come up within {timeout:.0f}s; see the logs in {logs}")
         time.sleep(1)
 
 
@@ -214,7 +215,7 @@ def cluster_up(state_dir: Path = STATE, workers: int = 2, cores: int = 1, memory
     try:
         _wait(f"{workers} Spark workers", lambda: cluster.alive_workers() == workers, 120, state / "logs")
         _wait("the MLflow server", lambda: _http_ok(f"{cluster.tracking_uri}/health"), 120, state / "logs")
-    except SystemExit:
+    except UserError:
         cluster_down(state)
         raise
     print(f"Spark master   {cluster.master}  (UI http://127.0.0.1:{ui_port})\n"

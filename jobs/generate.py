@@ -16,6 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from core import lake
+from core.errors import ConfigError
 from core.settings import Settings, load_platforms
 from core.tables import (
     TRUTH_ACCOUNTS,
@@ -91,12 +92,12 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, force: bo
         if _same_settings(existing, settings):
             summary.note(f"raw data for these settings already in {raw}; nothing to do (--force regenerates)")
             return summary
-        raise SystemExit(f"generate: {raw} holds data generated with other settings; "
+        raise ConfigError(f"{raw} holds data generated with other settings; "
                          f"use another lake.raw, delete it, or pass --force to overwrite")
     mappings = load_platforms()  # the demo platforms, whatever folder the user's mappings are in
     missing = [m.name for m in gen.PLATFORM_MODELS if m.name not in mappings]
     if missing:
-        raise SystemExit(f"generate: the generator writes platforms {missing} but conf/platforms has no mapping for them")
+        raise ConfigError(f"the generator writes platforms {missing} but conf/platforms has no mapping for them")
 
     frames = gen.build(spark, cfg)
     events = frames["events"].cache()

@@ -21,6 +21,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from core import lake
+from core.errors import InputRejected, MissingInput
 from core.settings import Settings
 from core.sources import PlatformMapping
 from core.tables import ACCOUNTS_RAW, EVENTS_RAW, INGEST_MANIFEST, select_contract
@@ -33,7 +34,7 @@ KINDS = {"events": EVENTS_RAW, "accounts": ACCOUNTS_RAW}
 _UNREADABLE = ("CANNOT_READ_FILE_FOOTER", "is not a Parquet file", "CORRUPTED_FOOTER")
 
 
-class IngestError(RuntimeError):
+class IngestError(InputRejected):
     """A raw file could not be read for a reason other than being corrupt (named in the message)."""
 
 
@@ -41,7 +42,7 @@ def list_files(spark: SparkSession, root: str) -> list[tuple[str, str, str, int,
     """(platform, kind, path, size, mtime_ms) for every data file under root/<platform>/<kind>/."""
     fs, rpath = lake.filesystem(spark, root)
     if not fs.exists(rpath):
-        raise FileNotFoundError(f"raw input {root} does not exist: run 'python -m jobs.generate' "
+        raise MissingInput(f"raw input {root} does not exist: run 'python -m jobs.generate' "
                                 f"or point --input (or lake.raw) at the platform exports")
     found = []
     for pdir in fs.listStatus(rpath):

@@ -4,7 +4,8 @@ from __future__ import annotations
 import os
 import sys
 
-from core.settings import ConfigError, load_settings
+from core.errors import ConfigError
+from core.settings import load_settings
 from core.tracking import ui_command
 from jobs.cli import job_parser, overrides_of
 

@@ -23,6 +23,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from core import lake, tracking
+from core.errors import MissingInput
 from core.settings import Settings
 from core.tables import (
     IDENTITY_MAP,
@@ -84,7 +85,7 @@ def transitions(current: DataFrame, previous: DataFrame, as_of, previous_as_of) 
 def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summary:
     as_of, cfg = settings.as_of, settings.personas
     if not lake.exists(spark, settings, USER_FEATURES):
-        raise FileNotFoundError(f"gold.user_features not found under {settings.lake_root}: run jobs.aggregate "
+        raise MissingInput(f"gold.user_features not found under {settings.lake_root}: run jobs.aggregate "
                                 f"--as-of {as_of} first")
     features = lake.read(spark, settings, USER_FEATURES).where(F.col("as_of_date") == F.lit(as_of))
     n_users = features.count()

@@ -24,6 +24,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from core import lake
+from core.errors import ConfigError, InputRejected
 from core.settings import Settings
 from core.tables import (
     ACCOUNTS_RAW,
@@ -35,7 +36,7 @@ from core.tables import (
     TRUTH_ACCOUNTS,
     select_contract,
 )
-from jobs.cli import JobError, Summary, as_of_given, run_job
+from jobs.cli import Summary, as_of_given, run_job
 from jobs.generate import STAMP as generate_stamp
 from transforms import identity, refine
 
@@ -72,7 +73,7 @@ def hmac_key(spark: SparkSession, settings: Settings) -> bytes:
     if value:
         return value.encode("utf-8")
     if not (settings.refine.allow_development_key or generated(spark, settings)):
-        raise JobError(f"{name} is not set: refusing to hash identifiers of real data with the public development "
+        raise ConfigError(f"{name} is not set: refusing to hash identifiers of real data with the public development "
                        f"key. Set {name} to a secret (e.g. export {name}=$(openssl rand -hex 32)) and keep it; "
                        f"for a throw-away trial only, --set refine.allow_development_key=true")
     log.warning("!!! %s is not set: identifiers are hashed with the PUBLIC development key. "
@@ -249,7 +250,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
         parsed.unpersist()
     if too_many:
         print(summary.render(), flush=True)
-        raise JobError("refine: more than refine.max_quarantine_share "
+        raise InputRejected("refine: more than refine.max_quarantine_share "
                        f"({settings.refine.max_quarantine_share:.0%}) of a batch was quarantined, so the run stops "
                        "here rather than aggregate what is left:\n  " + "\n  ".join(too_many)
                        + "\nThen re-refine the quarantined records with: python -m jobs.refine --replay "

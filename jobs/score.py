@@ -29,6 +29,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from core import lake, tracking
+from core.errors import InputRejected, MissingInput
 from core.settings import Settings
 from core.tables import (
     CREATOR_PLATFORM_PERIOD,
@@ -44,7 +45,7 @@ from core.tables import (
     USER_REVENUE_SCORES,
 )
 from jobs import report
-from jobs.cli import JobError, Summary, run_job
+from jobs.cli import Summary, run_job
 from ml import btyd
 from ml import revenue as R
 from transforms import gold
@@ -77,7 +78,7 @@ def predict(spark: SparkSession, frame: DataFrame, uri: str, inputs: list[str]) 
 
 def _slice(spark: SparkSession, settings: Settings, table) -> tuple[DataFrame, int]:
     if not lake.exists(spark, settings, table):
-        raise FileNotFoundError(f"{table.qualified} not found under {settings.lake_root}: run jobs.aggregate "
+        raise MissingInput(f"{table.qualified} not found under {settings.lake_root}: run jobs.aggregate "
                                 f"--as-of {settings.as_of} first")
     v = lake.version(spark, settings, table)
     df = lake.read(spark, settings, table, as_of_version=v).where(F.col("as_of_date") == F.lit(settings.as_of))
@@ -87,7 +88,7 @@ def _slice(spark: SparkSession, settings: Settings, table) -> tuple[DataFrame, i
 def _check_inputs(model: str, inputs: list[str], spec: T.ModelSpec) -> None:
     missing = [c for c in inputs if c not in spec.features]
     if missing:
-        raise JobError(f"the {model} champion reads {missing}, which today's features cannot give: retrain with "
+        raise InputRejected(f"the {model} champion reads {missing}, which today's features cannot give: retrain with "
                        f"jobs.train --as-of <date>, or score with the lake (and registry) it was trained for")
 
 
@@ -99,14 +100,14 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
     pairs, pairs_v = _slice(spark, settings, CREATOR_PLATFORM_PERIOD)
     platform_period, platform_v = _slice(spark, settings, PLATFORM_PERIOD)
     if features.limit(1).count() == 0:
-        raise FileNotFoundError(f"gold.user_features has no slice for {as_of}: run jobs.aggregate --as-of {as_of}")
+        raise MissingInput(f"gold.user_features has no slice for {as_of}: run jobs.aggregate --as-of {as_of}")
     as_of_slice = f"as_of_date = DATE'{as_of.isoformat()}'"
 
     # -- users ------------------------------------------------------------------------------
     found = champion(settings, "user_revenue")
     if found is None:
         name = tracking.model_name(settings, "user_revenue")
-        raise JobError(f"no @champion for {name} in {settings.tracking_uri}: run jobs.train --as-of {as_of} "
+        raise MissingInput(f"no @champion for {name} in {settings.tracking_uri}: run jobs.train --as-of {as_of} "
                        f"(every training run leaves one)")
     user_lineage, inputs, user_metrics = found
     platforms, categories = S.keys_of(inputs, "platform_"), S.keys_of(inputs, "cat_")

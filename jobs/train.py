@@ -53,10 +53,11 @@ from pyspark.sql import functions as F
 from tqdm.auto import tqdm
 
 from core import lake, tracking
+from core.errors import MissingInput, NotEnoughData
 from core.settings import NetSettings, Settings
 from core.tables import EVENTS, USER_PERSONAS
 from jobs import report
-from jobs.cli import JobError, Summary, run_job
+from jobs.cli import Summary, run_job
 from ml import btyd
 from ml import revenue as R
 from transforms import gold
@@ -79,10 +80,6 @@ class Split:
 def _split(df: pd.DataFrame, spec: T.ModelSpec) -> Split:
     return Split(df[list(spec.features)].to_numpy(np.float64), df["label"].to_numpy(np.float64),
                  df["weight"].to_numpy(np.float64), df["fold"].to_numpy(), df)
-
-
-class NotEnoughData(JobError):
-    """Too little history or revenue to train a model."""
 
 
 def training_rows(spark: SparkSession, settings: Settings, model: str, silver: DataFrame,
@@ -281,7 +278,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, models: t
             sweep: bool = False) -> Summary:
     cfg = settings.train
     if not lake.exists(spark, settings, EVENTS):
-        raise FileNotFoundError(f"silver.events not found under {settings.lake_root}: run jobs.refine first")
+        raise MissingInput(f"silver.events not found under {settings.lake_root}: run jobs.refine first")
     silver_version = lake.version(spark, settings, EVENTS)
     silver = lake.read(spark, settings, EVENTS, as_of_version=silver_version)
     personas_version = lake.version(spark, settings, USER_PERSONAS) if lake.exists(spark, settings, USER_PERSONAS) else None

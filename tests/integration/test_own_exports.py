@@ -10,9 +10,10 @@ from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 
 from core import lake, tracking
+from core.errors import InputRejected
 from core.tables import EVENTS, QUARANTINE, REFINE_LOG, USER_FEATURES, USER_REVENUE_SCORES
 from jobs import check, ingest, pipeline, refine
-from jobs.cli import JobError, Summary
+from jobs.cli import Summary
 from tests.conftest import make_settings
 from tests.exports import course_events, gb18030_orders, purchase_log, write_mapping
 
@@ -140,7 +141,7 @@ def test_check_shows_a_wrong_timestamp_format_with_an_example_and_the_fix(capsys
     mapping["events"]["timestamp"] = {"format": "yyyy-MM-dd HH:mm:ss"}  # the data is ISO 8601 with an offset
     write_mapping(platforms, mapping)
     code, text = run_check(capsys, exports, tmp_path)
-    assert code == 1
+    assert code == InputRejected.exit_code  # read and refused: 5
     assert "bad_timestamp" in text and "e.g. 2025-spring.jsonl line 1:" in text
     assert "fix: events.timestamp.format in the mapping" in text
     assert "problem: xuetang:" in text and "would be quarantined" in text
@@ -165,7 +166,7 @@ def test_a_whole_export_quarantined_by_its_timestamp_format_is_replayed_once_aft
     settings = make_settings(tmp_path / "lake", f"platforms_dir={platforms}", "as_of=2025-03-31")
     ingest.execute(spark, settings, Summary("ingest"), input_root=str(root))
     # WHEN refine meets the wrong format THEN it stops loudly, naming the reason and the fix
-    with pytest.raises(JobError, match=r"(?s)100%\) quarantined, mostly bad_timestamp; fix events\.timestamp\.format"):
+    with pytest.raises(InputRejected, match=r"(?s)100%\) quarantined, mostly bad_timestamp; fix events\.timestamp\.format"):
         refine.execute(spark, settings, Summary("refine"))
     read = lake.read(spark, settings, REFINE_LOG).first().records_read
     assert lake.read(spark, settings, QUARANTINE).count() == read > 0

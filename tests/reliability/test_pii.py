@@ -19,10 +19,11 @@ from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 
 from core import lake, tables
+from core.errors import ConfigError
 from core.settings import PROJECT_ROOT
 from core.tables import ACCOUNTS_RAW
 from jobs import aggregate, generate, ingest, personas, refine, train
-from jobs.cli import JobError, Summary
+from jobs.cli import Summary
 from tests.conftest import SMALL, make_settings
 from tests.reliability.helpers import child_env, job_command, tally, write_accounts, write_events, write_records
 
@@ -105,13 +106,13 @@ def test_the_hmac_key_comes_from_the_environment_and_is_not_logged(spark, settin
     # without it, on data that is not generated (no truth in this lake): refused, naming the fix
     monkeypatch.delenv(settings.refine.hmac_key_env)
     strict = settings.model_copy(update={"refine": settings.refine.model_copy(update={"allow_development_key": False})})
-    with pytest.raises(JobError, match=r"IPSYNERGY_HMAC_KEY is not set: refusing to hash identifiers of real data"):
+    with pytest.raises(ConfigError, match=r"IPSYNERGY_HMAC_KEY is not set: refusing to hash identifiers of real data"):
         refine.hmac_key(spark, strict)
     # account exports that carry the generator's stamp count as generated data, in any lake
     raw = Path(strict.lake_root).parent / "raw"
     write_accounts(raw)
     ingest.execute(spark, strict, Summary("ingest"), input_root=str(raw))
-    with pytest.raises(JobError, match="refusing to hash"):
+    with pytest.raises(ConfigError, match="refusing to hash"):
         refine.hmac_key(spark, strict)
     (raw / generate.STAMP).write_text("{}")
     assert refine.hmac_key(spark, strict) == refine.DEV_KEY

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from bench import run as bench
+from core.errors import MissingInput
 
 
 def test_a_selection_prepares_only_as_far_as_its_comparisons_read():
@@ -47,7 +48,7 @@ def bodies(calls, lake, stop_in=None):
             if name == "refine":
                 lake.refined += 1
             if name == "score":
-                raise FileNotFoundError("no @champion for x in sqlite:////somewhere/bench/data/1e8/lake/mlflow.db")
+                raise MissingInput("no @champion for x in sqlite:////somewhere/bench/data/1e8/lake/mlflow.db")
             return summary
         return run
     return {name: body(name) for name in bench.PIPELINE}

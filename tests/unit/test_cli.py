@@ -41,3 +41,21 @@ def test_the_console_script_runs_a_job_in_a_fresh_process():
 
 def test_spark_submit_entry_point_is_the_same_command():
     assert submit.main is cli.main
+
+
+def test_each_kind_of_user_error_has_its_status_and_no_traceback(capsys, monkeypatch):
+    """A job that stops on bad input prints one line naming the problem and the fix, and exits
+    with its kind's status: 2 configuration, 3 missing input, 4 not enough data, 5 refused."""
+    from core.errors import ConfigError, InputRejected, MissingInput, NotEnoughData
+
+    monkeypatch.setattr("core.session.build_session", lambda settings: None)
+    for error, status in ((ConfigError, 2), (MissingInput, 3), (NotEnoughData, 4), (InputRejected, 5)):
+        def body(spark, settings, summary, error=error):
+            raise error("silver.events not found: run ipsynergy refine first")
+
+        assert cli.run_job("jobs.x", "", [], body) == status
+        err = capsys.readouterr().err
+        assert err.strip() == "jobs.x: silver.events not found: run ipsynergy refine first"
+    # a bad --set is a configuration error too, before any work
+    assert cli.run_job("jobs.x", "", ["--set", "spark.shufle_partitions=3"], body) == 2
+    assert "spark.shufle_partitions" in capsys.readouterr().err
