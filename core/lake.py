@@ -177,6 +177,13 @@ def changes(spark: SparkSession, settings: Settings, table: Table, start: int, e
             .option("startingVersion", start).option("endingVersion", end).load(path_of(settings, table)))
 
 
+def row_count(spark: SparkSession, settings: Settings, table: Table) -> int:
+    """The table's rows, from the Delta log: every file's statistics carry its row count, and
+    Delta answers an unfiltered count from them (the plan is a LocalTableScan) without reading
+    a data file, so the pipeline's closing counts cost the same at 10^8 events as at 10^5."""
+    return read(spark, settings, table).count()
+
+
 def version(spark: SparkSession, settings: Settings, table: Table) -> int:
     return DeltaTable.forPath(spark, path_of(settings, table)).history(1).first()["version"]
 

@@ -54,7 +54,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, input_roo
         skipped += [f"{name}: {n.strip()}" for n in last.notes if SKIPPED.search(n)]
     for table in DATA_TABLES:
         if lake.exists(spark, settings, table):
-            summary.count(f"rows {table.qualified}", lake.read(spark, settings, table).count())
+            summary.count(f"rows {table.qualified}", lake.row_count(spark, settings, table))
             summary.table(table.qualified, lake.version(spark, settings, table))
     summary.note(f"lake: {settings.lake_root}")
     if skipped:

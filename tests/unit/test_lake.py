@@ -1,4 +1,5 @@
-"""core.lake on a table written by an older release: the contract gained columns since."""
+"""core.lake: a table written by an older release (the contract gained columns since), and row
+counts read from the Delta log."""
 from dataclasses import replace
 
 import pytest
@@ -35,3 +36,13 @@ def test_a_new_column_that_is_not_nullable_is_refused_naming_it(spark, settings)
     strict = replace(OLD, schema=StructType([*OLD.schema.fields, StructField("purchase_days", LongType(), False)]))
     with pytest.raises(ValueError, match=r"gold\.evolving: columns \['purchase_days'\] .* must be nullable"):
         lake.ensure(spark, settings, strict)
+
+
+def test_row_counts_come_from_the_delta_log_not_the_files(spark, settings):
+    """The pipeline ends by counting every table: the count must be answered from the log's
+    per-file statistics, not by scanning the data (silver.events at 10^8 events)."""
+    lake.overwrite(spark, settings, OLD, spark.createDataFrame([(f"u{i}", 1.0) for i in range(7)], OLD.schema))
+    lake.upsert(spark, settings, OLD, spark.createDataFrame([("u1", 2.0), ("u9", 3.0)], OLD.schema))
+    assert lake.row_count(spark, settings, OLD) == 8
+    plan = lake.read(spark, settings, OLD).groupBy().count()._jdf.queryExecution().executedPlan().toString()
+    assert "LocalTableScan" in plan and "FileScan" not in plan, plan
