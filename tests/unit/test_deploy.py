@@ -60,3 +60,13 @@ def test_submit_runs_spark_submit_with_the_installed_spark(monkeypatch, tmp_path
     assert ran["argv"][ran["argv"].index("--master") + 1] == "spark://h:7077"
     assert ran["argv"][-4:] == [str(tmp_path / "submit.py"), "aggregate", "--as-of", "2026-06-30"]
     assert deploy.os.environ["SPARK_HOME"] == str(deploy.spark_home())
+
+
+def test_every_packaged_folder_of_code_is_a_regular_package():
+    """ipsynergy.zip reaches the driver and executors through zipimport, which cannot import a
+    namespace package (a folder without __init__.py): the cluster run once failed with
+    "No module named 'core'" while every local run passed."""
+    for top in deploy.CODE:
+        for folder in [deploy.PROJECT_ROOT / top, *(deploy.PROJECT_ROOT / top).rglob("*")]:
+            if folder.is_dir() and "__pycache__" not in folder.parts and any(folder.glob("*.py")):
+                assert (folder / "__init__.py").is_file(), f"{folder.relative_to(deploy.PROJECT_ROOT)} has no __init__.py"
