@@ -28,12 +28,13 @@ $(JARS_STAMP): $(SETUP_STAMP)
 
 setup: $(SETUP_STAMP) $(JARS_STAMP) ## create .venv, install packages, cache the Delta jars (once)
 
-lint: setup ## check that imports point down the layers (jobs -> ml -> transforms -> core) and are tidy
+lint: setup ## check that imports point down the layers (jobs -> evaluation -> ml -> transforms -> core) and are tidy
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/ruff check jobs ml transforms core tests bench
+	$(VENV)/bin/ruff check jobs evaluation ml transforms core tests bench
 
-run: setup ## run the whole pipeline on generated data into lake/ (ARGS="--set key=value ...")
+run: setup ## run the whole pipeline on generated data into lake/, then its recovery of the planted truth (ARGS="--set key=value ...")
 	$(PY) -m jobs.pipeline $(ARGS)
+	$(PY) -m jobs.evaluate $(ARGS)
 
 test: setup ## run the test suite (unit + integration; not the slow fault and cluster tests)
 	$(PY) -m pytest -m "not slow and not cluster" --durations=12 $(ARGS)

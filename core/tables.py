@@ -46,16 +46,17 @@ class Table:
         return f"{self.layer}.{self.name}"
 
 
-def _s(*fields: tuple) -> StructType:
+def struct(*fields: tuple) -> StructType:
+    """A schema from (name, type, nullable) triples."""
     return StructType([StructField(n, t, nullable) for n, t, nullable in fields])
 
 
 EVENTS_RAW = Table(
     "bronze", "events_raw",
-    _s(("platform", StringType(), False), ("source_file", StringType(), False),
-       ("source_position", LongType(), False), ("raw_format", StringType(), False),
-       ("raw", StringType(), True), ("ingest_batch_id", StringType(), False),
-       ("ingested_at", TimestampType(), False)),
+    struct(("platform", StringType(), False), ("source_file", StringType(), False),
+           ("source_position", LongType(), False), ("raw_format", StringType(), False),
+           ("raw", StringType(), True), ("ingest_batch_id", StringType(), False),
+           ("ingested_at", TimestampType(), False)),
     keys=("source_file", "source_position"),
     partition_by=("platform",),
 )
@@ -64,25 +65,25 @@ ACCOUNTS_RAW = Table("bronze", "accounts_raw", EVENTS_RAW.schema, keys=EVENTS_RA
 
 INGEST_MANIFEST = Table(
     "bronze", "ingest_manifest",
-    _s(("source_file", StringType(), False), ("platform", StringType(), False), ("kind", StringType(), False),
-       ("size_bytes", LongType(), False), ("modified_ms", LongType(), False), ("records", LongType(), False),
-       ("ingest_batch_id", StringType(), False), ("ingested_at", TimestampType(), False)),
+    struct(("source_file", StringType(), False), ("platform", StringType(), False), ("kind", StringType(), False),
+           ("size_bytes", LongType(), False), ("modified_ms", LongType(), False), ("records", LongType(), False),
+           ("ingest_batch_id", StringType(), False), ("ingested_at", TimestampType(), False)),
     keys=("source_file", "size_bytes", "modified_ms"),
 )
 
 EVENTS = Table(
     "silver", "events",
-    _s(("event_key", StringType(), False), ("platform", StringType(), False),
-       ("source_event_id", StringType(), False), ("account_id", StringType(), False),
-       ("user_id", StringType(), False), ("content_id", StringType(), True),
-       ("creator_id", StringType(), True), ("category", StringType(), True),
-       ("event_type", StringType(), False), ("event_ts", TimestampType(), False),
-       ("event_date", DateType(), False), ("duration_s", DoubleType(), True),
-       ("progress", DoubleType(), True), ("amount", AMOUNT, False),
-       ("amount_orig", AMOUNT_ORIG, True), ("currency_orig", StringType(), True),
-       ("is_recommended", BooleanType(), False), ("campaign_id", StringType(), True),
-       ("session_id", StringType(), True), ("ingest_batch_id", StringType(), False),
-       ("source_file", StringType(), False)),
+    struct(("event_key", StringType(), False), ("platform", StringType(), False),
+           ("source_event_id", StringType(), False), ("account_id", StringType(), False),
+           ("user_id", StringType(), False), ("content_id", StringType(), True),
+           ("creator_id", StringType(), True), ("category", StringType(), True),
+           ("event_type", StringType(), False), ("event_ts", TimestampType(), False),
+           ("event_date", DateType(), False), ("duration_s", DoubleType(), True),
+           ("progress", DoubleType(), True), ("amount", AMOUNT, False),
+           ("amount_orig", AMOUNT_ORIG, True), ("currency_orig", StringType(), True),
+           ("is_recommended", BooleanType(), False), ("campaign_id", StringType(), True),
+           ("session_id", StringType(), True), ("ingest_batch_id", StringType(), False),
+           ("source_file", StringType(), False)),
     keys=("event_key",),
     partition_by=("event_date",),
     # gold's aggregate reads the change feed to recompute only the dates that changed.
@@ -97,25 +98,25 @@ EVENTS = Table(
 
 QUARANTINE = Table(
     "silver", "quarantine",
-    _s(("platform", StringType(), False), ("source_file", StringType(), False),
-       ("source_position", LongType(), False), ("raw", StringType(), True),
-       ("reasons", ArrayType(StringType(), True), False), ("ingest_batch_id", StringType(), False)),
+    struct(("platform", StringType(), False), ("source_file", StringType(), False),
+           ("source_position", LongType(), False), ("raw", StringType(), True),
+           ("reasons", ArrayType(StringType(), True), False), ("ingest_batch_id", StringType(), False)),
     keys=("source_file", "source_position"),
     checks={"has_reason": "size(reasons) > 0"},
 )
 
 IDENTITY_MAP = Table(
     "silver", "identity_map",
-    _s(("platform", StringType(), False), ("account_id", StringType(), False), ("user_id", StringType(), False),
-       ("identifier_count", LongType(), False)),
+    struct(("platform", StringType(), False), ("account_id", StringType(), False), ("user_id", StringType(), False),
+           ("identifier_count", LongType(), False)),
     keys=("platform", "account_id"),
 )
 
 REFINE_LOG = Table(
     "silver", "refine_log",
-    _s(("ingest_batch_id", StringType(), False), ("as_of_date", DateType(), False),
-       ("records_read", LongType(), False), ("new_rows", LongType(), False),
-       ("quarantined", LongType(), False), ("duplicates", LongType(), False)),
+    struct(("ingest_batch_id", StringType(), False), ("as_of_date", DateType(), False),
+           ("records_read", LongType(), False), ("new_rows", LongType(), False),
+           ("quarantined", LongType(), False), ("duplicates", LongType(), False)),
     keys=("ingest_batch_id",),
 )
 
@@ -124,61 +125,61 @@ _L, _D, _S, _I = LongType(), DoubleType(), StringType(), IntegerType()
 
 USER_PLATFORM_DAILY = Table(
     "gold", "user_platform_daily",
-    _s(("user_id", _S, False), ("platform", _S, False), ("date", DateType(), False), ("events", _L, False),
-       ("impressions", _L, False), ("clicks", _L, False), ("views", _L, False), ("plays", _L, False),
-       ("completes", _L, False), ("likes", _L, False), ("comments", _L, False), ("shares", _L, False),
-       ("follows", _L, False), ("purchases", _L, False), ("subscribes", _L, False), ("refunds", _L, False),
-       ("rec_reads", _L, False), ("watch_seconds", _D, False), ("revenue", REVENUE, False)),
+    struct(("user_id", _S, False), ("platform", _S, False), ("date", DateType(), False), ("events", _L, False),
+           ("impressions", _L, False), ("clicks", _L, False), ("views", _L, False), ("plays", _L, False),
+           ("completes", _L, False), ("likes", _L, False), ("comments", _L, False), ("shares", _L, False),
+           ("follows", _L, False), ("purchases", _L, False), ("subscribes", _L, False), ("refunds", _L, False),
+           ("rec_reads", _L, False), ("watch_seconds", _D, False), ("revenue", REVENUE, False)),
     keys=("user_id", "platform", "date"),
     partition_by=("date",),
 )
 
 CREATOR_PLATFORM_DAILY = Table(
     "gold", "creator_platform_daily",
-    _s(("creator_id", _S, False), ("platform", _S, False), ("date", DateType(), False),
-       ("items_active", _L, False), ("readers", _L, False), ("reads", _L, False), ("rec_reads", _L, False),
-       ("impressions", _L, False), ("clicks", _L, False), ("completes", _L, False),
-       ("social_actions", _L, False), ("purchases", _L, False), ("refunds", _L, False),
-       ("revenue", REVENUE, False), ("rec_revenue", REVENUE, False)),
+    struct(("creator_id", _S, False), ("platform", _S, False), ("date", DateType(), False),
+           ("items_active", _L, False), ("readers", _L, False), ("reads", _L, False), ("rec_reads", _L, False),
+           ("impressions", _L, False), ("clicks", _L, False), ("completes", _L, False),
+           ("social_actions", _L, False), ("purchases", _L, False), ("refunds", _L, False),
+           ("revenue", REVENUE, False), ("rec_revenue", REVENUE, False)),
     keys=("creator_id", "platform", "date"),
     partition_by=("date",),
 )
 
 PLATFORM_DAILY = Table(
     "gold", "platform_daily",
-    _s(("platform", _S, False), ("date", DateType(), False), ("m_items_recommended", _L, False),
-       ("rec_reads", _L, False), ("w_reads_per_item", _D, True), ("reads", _L, False),
-       ("revenue", REVENUE, False), ("y_revenue_per_read", _D, True), ("r_p", _D, False),
-       ("dau", _L, False), ("paying_users", _L, False), ("arpu", _D, True)),
+    struct(("platform", _S, False), ("date", DateType(), False), ("m_items_recommended", _L, False),
+           ("rec_reads", _L, False), ("w_reads_per_item", _D, True), ("reads", _L, False),
+           ("revenue", REVENUE, False), ("y_revenue_per_read", _D, True), ("r_p", _D, False),
+           ("dau", _L, False), ("paying_users", _L, False), ("arpu", _D, True)),
     keys=("platform", "date"),
     partition_by=("date",),
 )
 
 USER_FEATURES = Table(
     "gold", "user_features",
-    _s(("user_id", _S, False), ("as_of_date", DateType(), False), ("recency_days", _I, False),
-       ("tenure_days", _I, False), ("active_days", _L, False), ("events", _L, False), ("reads", _L, False),
-       ("monetary", _D, False), ("monetary_recent", _D, False), ("orders", _L, False),
-       ("avg_order_value", _D, True), ("subscriptions", _L, False), ("watch_hours", _D, False),
-       ("completion_rate", _D, True), ("platforms_used", _L, False),
-       ("platform_share", MapType(_S, _D), False), ("category_share", MapType(_S, _D), False),
-       ("creator_hhi", _D, True), ("rec_impressions", _L, False), ("rec_ctr", _D, True),
-       ("rec_conversion", _D, True), ("refund_rate", _D, True), ("social_actions", _L, False),
-       # Added after the first release: nullable, so that a lake written before keeps working
-       # (its older slices read null here; lake.py adds the columns to the table).
-       ("purchase_days", _L, True), ("purchase_recency_days", _I, True), ("purchase_age_days", _I, True),
-       ("ipt_mean_days", _D, True), ("ipt_cv", _D, True), ("overdue", _D, True),
-       ("repeat_spend_mean", _D, True), ("spend_trend", _D, True)),
+    struct(("user_id", _S, False), ("as_of_date", DateType(), False), ("recency_days", _I, False),
+           ("tenure_days", _I, False), ("active_days", _L, False), ("events", _L, False), ("reads", _L, False),
+           ("monetary", _D, False), ("monetary_recent", _D, False), ("orders", _L, False),
+           ("avg_order_value", _D, True), ("subscriptions", _L, False), ("watch_hours", _D, False),
+           ("completion_rate", _D, True), ("platforms_used", _L, False),
+           ("platform_share", MapType(_S, _D), False), ("category_share", MapType(_S, _D), False),
+           ("creator_hhi", _D, True), ("rec_impressions", _L, False), ("rec_ctr", _D, True),
+           ("rec_conversion", _D, True), ("refund_rate", _D, True), ("social_actions", _L, False),
+           # Added after the first release: nullable, so that a lake written before keeps working
+           # (its older slices read null here; lake.py adds the columns to the table).
+           ("purchase_days", _L, True), ("purchase_recency_days", _I, True), ("purchase_age_days", _I, True),
+           ("ipt_mean_days", _D, True), ("ipt_cv", _D, True), ("overdue", _D, True),
+           ("repeat_spend_mean", _D, True), ("spend_trend", _D, True)),
     keys=("user_id", "as_of_date"),
     partition_by=("as_of_date",),
 )
 
 CREATOR_QUALITY = Table(
     "gold", "creator_quality",
-    _s(("creator_id", _S, False), ("as_of_date", DateType(), False), ("category", _S, False),
-       ("reads", _L, False), ("completion_rate", _D, True), ("engagement_rate", _D, True),
-       ("repeat_rate", _D, True), ("conversion_rate", _D, True), ("retention_rate", _D, True),
-       ("q", _D, True)),
+    struct(("creator_id", _S, False), ("as_of_date", DateType(), False), ("category", _S, False),
+           ("reads", _L, False), ("completion_rate", _D, True), ("engagement_rate", _D, True),
+           ("repeat_rate", _D, True), ("conversion_rate", _D, True), ("retention_rate", _D, True),
+           ("q", _D, True)),
     keys=("creator_id", "as_of_date"),
     partition_by=("as_of_date",),
     checks={"q_in_unit_range": "q IS NULL OR (q >= 0 AND q <= 1)"},
@@ -186,11 +187,11 @@ CREATOR_QUALITY = Table(
 
 CREATOR_PLATFORM_PERIOD = Table(
     "gold", "creator_platform_period",
-    _s(("creator_id", _S, False), ("platform", _S, False), ("as_of_date", DateType(), False),
-       ("period_start", DateType(), False), ("k_items", _L, False), ("reads", _L, False),
-       ("r_reads_per_item", _D, False), ("revenue", REVENUE, False), ("x_revenue_per_read", _D, True),
-       ("r_c", _D, False), ("impressions", _L, False), ("clicks", _L, False), ("rec_reads", _L, False),
-       ("ctr", _D, True), ("rec_read_share", _D, True), ("rec_revenue_share", _D, True), ("e", _D, True)),
+    struct(("creator_id", _S, False), ("platform", _S, False), ("as_of_date", DateType(), False),
+           ("period_start", DateType(), False), ("k_items", _L, False), ("reads", _L, False),
+           ("r_reads_per_item", _D, False), ("revenue", REVENUE, False), ("x_revenue_per_read", _D, True),
+           ("r_c", _D, False), ("impressions", _L, False), ("clicks", _L, False), ("rec_reads", _L, False),
+           ("ctr", _D, True), ("rec_read_share", _D, True), ("rec_revenue_share", _D, True), ("e", _D, True)),
     keys=("creator_id", "platform", "as_of_date"),
     partition_by=("as_of_date",),
     checks={"e_in_unit_range": "e IS NULL OR (e >= 0 AND e <= 1)"},
@@ -198,36 +199,36 @@ CREATOR_PLATFORM_PERIOD = Table(
 
 PLATFORM_PERIOD = Table(
     "gold", "platform_period",
-    _s(("platform", _S, False), ("as_of_date", DateType(), False), ("period_start", DateType(), False),
-       ("m_items_recommended", _L, False), ("rec_reads", _L, False), ("w_reads_per_item", _D, True),
-       ("reads", _L, False), ("revenue", REVENUE, False), ("y_revenue_per_read", _D, True),
-       ("r_p", _D, False), ("active_users", _L, False), ("avg_dau", _D, False), ("paying_users", _L, False),
-       ("arpu", _D, True), ("creators_active", _L, False), ("e_p", _D, True)),
+    struct(("platform", _S, False), ("as_of_date", DateType(), False), ("period_start", DateType(), False),
+           ("m_items_recommended", _L, False), ("rec_reads", _L, False), ("w_reads_per_item", _D, True),
+           ("reads", _L, False), ("revenue", REVENUE, False), ("y_revenue_per_read", _D, True),
+           ("r_p", _D, False), ("active_users", _L, False), ("avg_dau", _D, False), ("paying_users", _L, False),
+           ("arpu", _D, True), ("creators_active", _L, False), ("e_p", _D, True)),
     keys=("platform", "as_of_date"),
     partition_by=("as_of_date",),
 )
 
 USER_PERSONAS = Table(
     "gold", "user_personas",
-    _s(("user_id", _S, False), ("as_of_date", DateType(), False), ("persona_id", _I, False),
-       ("persona_label", _S, False), ("distance", _D, False)),
+    struct(("user_id", _S, False), ("as_of_date", DateType(), False), ("persona_id", _I, False),
+           ("persona_label", _S, False), ("distance", _D, False)),
     keys=("user_id", "as_of_date"),
     partition_by=("as_of_date",),
 )
 
 PERSONA_PROFILES = Table(
     "gold", "persona_profiles",
-    _s(("as_of_date", DateType(), False), ("persona_id", _I, False), ("persona_label", _S, False),
-       ("size", _L, False), ("user_share", _D, False), ("revenue_share", _D, True),
-       ("centre", MapType(_S, _D), False), ("top_platforms", ArrayType(_S), False),
-       ("top_categories", ArrayType(_S), False), ("mlflow_run_id", _S, False)),
+    struct(("as_of_date", DateType(), False), ("persona_id", _I, False), ("persona_label", _S, False),
+           ("size", _L, False), ("user_share", _D, False), ("revenue_share", _D, True),
+           ("centre", MapType(_S, _D), False), ("top_platforms", ArrayType(_S), False),
+           ("top_categories", ArrayType(_S), False), ("mlflow_run_id", _S, False)),
     keys=("as_of_date", "persona_id"),
 )
 
 PERSONA_TRANSITIONS = Table(
     "gold", "persona_transitions",
-    _s(("as_of_date", DateType(), False), ("previous_as_of_date", DateType(), False),
-       ("from_label", _S, False), ("to_label", _S, False), ("users", _L, False)),
+    struct(("as_of_date", DateType(), False), ("previous_as_of_date", DateType(), False),
+           ("from_label", _S, False), ("to_label", _S, False), ("users", _L, False)),
     keys=("as_of_date", "from_label", "to_label"),
 )
 
@@ -236,12 +237,12 @@ _LINEAGE = (("model_name", _S, False), ("model_version", _S, False), ("run_id", 
 
 USER_REVENUE_SCORES = Table(
     "gold", "user_revenue_scores",
-    _s(("user_id", _S, False), ("as_of_date", DateType(), False), ("predicted_revenue", _D, False),
-       ("horizon_days", _I, False), ("persona_id", _I, True), ("persona_label", _S, True), *_LINEAGE,
-       ("user_features_version", _L, False), ("user_personas_version", _L, True),
-       # The BTYD baseline's view of the user (null for one who never paid, or without a fit):
-       # P(alive), the churn risk's complement, and its revenue forecast over the horizon.
-       ("p_alive", _D, True), ("btyd_revenue", _D, True)),
+    struct(("user_id", _S, False), ("as_of_date", DateType(), False), ("predicted_revenue", _D, False),
+           ("horizon_days", _I, False), ("persona_id", _I, True), ("persona_label", _S, True), *_LINEAGE,
+           ("user_features_version", _L, False), ("user_personas_version", _L, True),
+           # The BTYD baseline's view of the user (null for one who never paid, or without a fit):
+           # P(alive), the churn risk's complement, and its revenue forecast over the horizon.
+           ("p_alive", _D, True), ("btyd_revenue", _D, True)),
     keys=("user_id", "as_of_date"),
     partition_by=("as_of_date",),
     checks={"prediction_not_negative": "predicted_revenue >= 0"},
@@ -249,11 +250,11 @@ USER_REVENUE_SCORES = Table(
 
 SYNERGY_SCORES = Table(
     "gold", "synergy_scores",
-    _s(("creator_id", _S, False), ("platform", _S, False), ("as_of_date", DateType(), False),
-       ("category", _S, True), ("status", _S, False), ("q", _D, True), ("e", _D, True), ("e_p", _D, True),
-       ("synergy", _D, True), ("r_c", _D, False), ("predicted_revenue", _D, False),
-       ("potential_revenue", _D, True), ("uplift", _D, True), *_LINEAGE,
-       ("creator_quality_version", _L, False), ("creator_platform_period_version", _L, False)),
+    struct(("creator_id", _S, False), ("platform", _S, False), ("as_of_date", DateType(), False),
+           ("category", _S, True), ("status", _S, False), ("q", _D, True), ("e", _D, True), ("e_p", _D, True),
+           ("synergy", _D, True), ("r_c", _D, False), ("predicted_revenue", _D, False),
+           ("potential_revenue", _D, True), ("uplift", _D, True), *_LINEAGE,
+           ("creator_quality_version", _L, False), ("creator_platform_period_version", _L, False)),
     keys=("creator_id", "platform", "as_of_date"),
     partition_by=("as_of_date",),
     checks={"status_known": "status IN ('established', 'weak', 'absent')"},
@@ -261,57 +262,24 @@ SYNERGY_SCORES = Table(
 
 REVENUE_METRICS = Table(
     "gold", "revenue_metrics",
-    _s(("platform", _S, False), ("as_of_date", DateType(), False), ("period_start", DateType(), False),
-       ("revenue", _D, False), ("r_p", _D, False), ("sum_r_c", _D, False), ("gap", _D, False),
-       ("creator_share", _D, True), ("predicted_revenue_next", _D, False),
-       ("predicted_by_persona", MapType(_S, _D), False), *_LINEAGE,
-       ("platform_period_version", _L, False), ("user_features_version", _L, False)),
+    struct(("platform", _S, False), ("as_of_date", DateType(), False), ("period_start", DateType(), False),
+           ("revenue", _D, False), ("r_p", _D, False), ("sum_r_c", _D, False), ("gap", _D, False),
+           ("creator_share", _D, True), ("predicted_revenue_next", _D, False),
+           ("predicted_by_persona", MapType(_S, _D), False), *_LINEAGE,
+           ("platform_period_version", _L, False), ("user_features_version", _L, False)),
     keys=("platform", "as_of_date"),
 )
 
 AGGREGATE_LOG = Table(
     "gold", "aggregate_log",
-    _s(("as_of_date", DateType(), False), ("silver_version", _L, False), ("horizon_date", DateType(), False),
-       ("dates_recomputed", _L, False), ("full_recompute", BooleanType(), False)),
+    struct(("as_of_date", DateType(), False), ("silver_version", _L, False), ("horizon_date", DateType(), False),
+           ("dates_recomputed", _L, False), ("full_recompute", BooleanType(), False)),
     keys=("as_of_date", "silver_version"),
 )
 
-TRUTH_ACCOUNTS = Table(
-    "truth", "accounts",
-    _s(("platform", StringType(), False), ("account_id", StringType(), False),
-       ("person_id", LongType(), False), ("persona", StringType(), False)),
-    keys=("platform", "account_id"),
-)
-# The btyd dynamics' parameters of each person with sessions (generate.dynamics: btyd), from
-# which transforms.generate.expected_revenue gives anyone's expected spend over a horizon.
-TRUTH_PEOPLE = Table(
-    "truth", "people",
-    _s(("person_id", LongType(), False), ("persona", StringType(), False), ("acquired_on", DateType(), False),
-       ("rate_per_day", DoubleType(), False), ("dropout_p", DoubleType(), False),
-       ("spend_scale", DoubleType(), False), ("sessions", IntegerType(), False),
-       ("left_at", TimestampType(), True), ("spend_per_session", DoubleType(), False)),
-    keys=("person_id",),
-)
-TRUTH_CREATORS = Table(
-    "truth", "creators",
-    _s(("creator_id", StringType(), False), ("quality", DoubleType(), False), ("category", StringType(), False)),
-    keys=("creator_id",),
-)
-TRUTH_PLATFORMS = Table(
-    "truth", "platforms", _s(("platform", StringType(), False), ("promotion", DoubleType(), False)), keys=("platform",),
-)
-TRUTH_DEFECTS = Table(
-    "truth", "defects",
-    _s(("platform", StringType(), False), ("source_event_id", StringType(), False), ("defect", StringType(), False)),
-    keys=("platform", "source_event_id", "defect"),
-)
-
-
-# The tables that hold data, in the order it flows through them: not the run logs, nor the
-# generator's truth.
+# The tables that hold data, in the order it flows through them: not the run logs.
 _RUN_LOGS = (INGEST_MANIFEST, REFINE_LOG, AGGREGATE_LOG)
-DATA_TABLES = tuple(t for t in list(globals().values())
-                    if isinstance(t, Table) and t.layer != "truth" and t not in _RUN_LOGS)
+DATA_TABLES = tuple(t for t in list(globals().values()) if isinstance(t, Table) and t not in _RUN_LOGS)
 
 
 def select_contract(df: DataFrame, table: Table) -> DataFrame:

@@ -6,9 +6,6 @@ change data feed) and the new dates up to --as-of are recomputed, each replacing
 partitions. The as-of snapshots (gold.user_features, gold.creator_quality,
 gold.creator_platform_period, gold.platform_period) replace their as_of_date slice, so a
 rerun never duplicates. gold.aggregate_log records the silver version each run read.
-
-When generated ground truth is present, the summary also prints how well Q(C) and E(P)
-recover the planted creator quality and platform promotion (Spearman).
 """
 from __future__ import annotations
 
@@ -32,8 +29,6 @@ from core.tables import (
     EVENTS,
     PLATFORM_DAILY,
     PLATFORM_PERIOD,
-    TRUTH_CREATORS,
-    TRUTH_PLATFORMS,
     USER_FEATURES,
     USER_PLATFORM_DAILY,
 )
@@ -145,32 +140,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
         e_p = "n/a" if r.e_p is None else f"{r.e_p:.3f}"
         summary.note(f"{r.platform:<12} E(P) {e_p}  R_P {r.r_p:>12,.2f}  revenue {float(r.revenue):>12,.2f}  "
                      f"active users {r.active_users:,}  ARPU {r.arpu or 0:,.2f}")
-    for line in against_truth(spark, settings, quality, plat):
-        summary.note(line)
     return summary
-
-
-def against_truth(spark: SparkSession, settings: Settings, quality: DataFrame, platform: DataFrame) -> list[str]:
-    """Evaluation only: Spearman of Q(C) vs planted quality and E(P) vs planted promotion,
-    when the generator's truth tables are there. Nothing in the pipeline reads them."""
-    from scipy.stats import spearmanr
-
-    if not (lake.exists(spark, settings, TRUTH_CREATORS) and lake.exists(spark, settings, TRUTH_PLATFORMS)):
-        return []
-    q = (quality.where(F.col("q").isNotNull())
-                .join(lake.read(spark, settings, TRUTH_CREATORS), "creator_id", "inner")
-                .select("q", "quality").toPandas())
-    e = (platform.where(F.col("e_p").isNotNull())
-                 .join(lake.read(spark, settings, TRUTH_PLATFORMS), "platform", "inner")
-                 .select("e_p", "promotion").toPandas())
-    lines = ["evaluation against generated truth (not used by the pipeline):"]
-    if len(q) >= 3:
-        lines.append(f"  Spearman Q(C) vs planted quality:   {spearmanr(q['q'], q['quality']).statistic:.3f} "
-                     f"({len(q)} creators)")
-    if len(e) >= 3:
-        lines.append(f"  Spearman E(P) vs planted promotion: {spearmanr(e['e_p'], e['promotion']).statistic:.3f} "
-                     f"({len(e)} platforms)")
-    return lines if len(lines) > 1 else []
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,7 @@ from core.settings import PROJECT_ROOT
 
 DIST = PROJECT_ROOT / "dist"
 STATE = PROJECT_ROOT / ".cache" / "cluster"
-CODE = ("jobs", "ml", "transforms", "core", "conf")
+CODE = ("jobs", "evaluation", "ml", "transforms", "core", "conf")
 ENV_ARCHIVE = "ipsynergy-env.tar.gz"
 SITE = f"lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
 # Not packed: Spark ships pyspark to executors; the rest is for tests and development, or (triton)

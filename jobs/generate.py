@@ -19,15 +19,11 @@ from core import lake
 from core.errors import ConfigError
 from core.settings import Settings, load_platforms
 from core.tables import (
-    TRUTH_ACCOUNTS,
-    TRUTH_CREATORS,
-    TRUTH_DEFECTS,
-    TRUTH_PEOPLE,
-    TRUTH_PLATFORMS,
     select_contract,
 )
+from evaluation import generator as gen
+from evaluation.truth import TRUTH_ACCOUNTS, TRUTH_CREATORS, TRUTH_DEFECTS, TRUTH_PEOPLE, TRUTH_PLATFORMS
 from jobs.cli import Summary, run_job
-from transforms import generate as gen
 
 log = logging.getLogger(__name__)
 STAMP = "_GENERATED.json"

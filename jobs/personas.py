@@ -26,10 +26,8 @@ from core import lake, tracking
 from core.errors import MissingInput
 from core.settings import Settings
 from core.tables import (
-    IDENTITY_MAP,
     PERSONA_PROFILES,
     PERSONA_TRANSITIONS,
-    TRUTH_ACCOUNTS,
     USER_FEATURES,
     USER_PERSONAS,
     select_contract,
@@ -174,22 +172,9 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
     for r in lake.read(spark, settings, PERSONA_PROFILES).where(F.col("as_of_date") == F.lit(as_of)).orderBy(F.desc("size")).collect():
         rev = "n/a" if r.revenue_share is None else f"{r.revenue_share:.1%}"
         summary.note(f"{r.persona_label[:58]:<58} {r.size:>7,} {r.user_share:>7.1%} {rev:>8}")
-    ari = against_truth(spark, settings, assigned)
-    if ari is not None:
-        summary.note(f"evaluation: adjusted Rand index vs planted personas {ari:.3f} (truth is not used by the job)")
     for df in (assigned, data, flat):
         df.unpersist()
     return summary
-
-
-def against_truth(spark: SparkSession, settings: Settings, assigned: DataFrame) -> float | None:
-    """ARI of the personas against the generator's planted ones (evaluation only)."""
-    if not lake.exists(spark, settings, TRUTH_ACCOUNTS):
-        return None
-    truth = (lake.read(spark, settings, TRUTH_ACCOUNTS)
-             .join(lake.read(spark, settings, IDENTITY_MAP), ["platform", "account_id"], "inner")
-             .groupBy("user_id").agg(F.min("persona").alias("planted")))
-    return P.adjusted_rand_index(assigned.join(truth, "user_id", "inner"), "persona_id", "planted")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,6 @@ from core.tables import (
     IDENTITY_MAP,
     QUARANTINE,
     REFINE_LOG,
-    TRUTH_ACCOUNTS,
     select_contract,
 )
 from jobs.cli import Summary, as_of_given, run_job
@@ -51,11 +50,9 @@ class ReconciliationError(RuntimeError):
 
 
 def generated(spark: SparkSession, settings: Settings) -> bool:
-    """Whether the lake's account records are the generator's: the lake holds its truth, or
-    every account file sits in an export folder that carries its stamp (a generated raw root
-    ingested into another lake with --input)."""
-    if lake.exists(spark, settings, TRUTH_ACCOUNTS):
-        return True
+    """Whether the lake's account records are the generator's: every account file sits in an
+    export folder that carries the generator's stamp (in the lake's own raw folder, or a
+    generated raw root ingested with --input)."""
     if not lake.exists(spark, settings, ACCOUNTS_RAW):
         return False
     files = [r.source_file for r in lake.read(spark, settings, ACCOUNTS_RAW).select("source_file").distinct().collect()]

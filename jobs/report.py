@@ -41,7 +41,7 @@ def backtest_lines(table: pd.DataFrame | None) -> list[str]:
               table[table["segment"] == "cohort"].sort_values("group").iterrows()]
     return lines
 
-def summary_lines(tables, profiles, champions: Mapping, truth: float | None) -> list[str]:
+def summary_lines(tables, profiles, champions: Mapping) -> list[str]:
     """The scoring summary: top synergy pairs, expansion opportunities, the revenue balance per
     platform, the personas and each champion's held-out figures."""
     syn, rev = tables["synergy_scores"], tables["revenue_metrics"]
@@ -69,8 +69,6 @@ def summary_lines(tables, profiles, champions: Mapping, truth: float | None) -> 
         lines.append(f"champion {lineage['model_name']} v{lineage['model_version']} ({lineage['candidate']}): "
                      f"Gini {m['gini']:.3f}, Spearman "
                      f"{m['spearman']:.3f}, RMSE {m['rmse']:.2f}, total error {m['total_error_pct']:+.1f}%")
-    if truth is not None:
-        lines.append(f"evaluation: Spearman synergy vs planted quality x promotion {truth:.3f} (truth is not used by the job)")
     return lines
 
 def _embedded(draw) -> str:

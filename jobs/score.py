@@ -38,8 +38,6 @@ from core.tables import (
     PLATFORM_PERIOD,
     REVENUE_METRICS,
     SYNERGY_SCORES,
-    TRUTH_CREATORS,
-    TRUTH_PLATFORMS,
     USER_FEATURES,
     USER_PERSONAS,
     USER_REVENUE_SCORES,
@@ -168,28 +166,14 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
     summary.count("creator x platform rows", len(tables["synergy_scores"]))
     profiles = (lake.read(spark, settings, PERSONA_PROFILES).where(F.col("as_of_date") == F.lit(as_of)).toPandas()
                 if lake.exists(spark, settings, PERSONA_PROFILES) else None)
-    truth = against_truth(spark, settings, synergy_table=tables["synergy_scores"])
     backtest = backtest_of(user_lineage["run_id"])
-    lines = report.summary_lines(tables, profiles, champions, truth) + report.backtest_lines(backtest)
+    lines = report.summary_lines(tables, profiles, champions) + report.backtest_lines(backtest)
     for line in lines:
         summary.note(line)
     path = f"{settings.lake_root}/reports/ipsynergy-{as_of.isoformat()}.html"
     lake.write_text(spark, path, report.html_page(as_of, tables, profiles, lines, backtest_plot(user_lineage["run_id"])))
     summary.note(f"report: {path}")
     return summary
-
-
-def against_truth(spark: SparkSession, settings: Settings, synergy_table) -> float | None:
-    """Spearman of synergy vs planted quality x promotion over the active pairs (evaluation only)."""
-    from scipy.stats import spearmanr
-
-    if not (lake.exists(spark, settings, TRUTH_CREATORS) and lake.exists(spark, settings, TRUTH_PLATFORMS)):
-        return None
-    truth = (lake.read(spark, settings, TRUTH_CREATORS).select("creator_id", "quality").toPandas()
-             .merge(lake.read(spark, settings, TRUTH_PLATFORMS).toPandas(), how="cross"))
-    truth["planted"] = truth["quality"] * truth["promotion"]
-    joined = synergy_table.dropna(subset=["synergy"]).merge(truth, on=["creator_id", "platform"])
-    return float(spearmanr(joined["synergy"], joined["planted"]).statistic) if len(joined) >= 3 else None
 
 
 def backtest_of(run_id: str) -> pd.DataFrame | None:

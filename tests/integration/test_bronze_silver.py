@@ -17,13 +17,12 @@ from core.tables import (
     INGEST_MANIFEST,
     QUARANTINE,
     REFINE_LOG,
-    TRUTH_ACCOUNTS,
-    TRUTH_DEFECTS,
 )
+from evaluation import generator as gen
+from evaluation.truth import TRUTH_ACCOUNTS, TRUTH_DEFECTS
 from jobs import generate, ingest, refine
 from jobs.cli import Summary
 from tests.conftest import SMALL, make_settings, persisted_rdds
-from transforms import generate as gen
 
 
 def _files(root: Path) -> dict[str, str]:

@@ -20,12 +20,11 @@ from core.tables import (
     EVENTS,
     PLATFORM_DAILY,
     PLATFORM_PERIOD,
-    TRUTH_CREATORS,
-    TRUTH_PLATFORMS,
     USER_FEATURES,
     USER_PLATFORM_DAILY,
 )
-from jobs import aggregate
+from evaluation.truth import TRUTH_CREATORS, TRUTH_PLATFORMS
+from jobs import aggregate, evaluate
 from jobs.cli import Summary
 from transforms import gold
 
@@ -172,7 +171,12 @@ def test_q_and_e_recover_the_planted_truth(spark, runs):
     # On this small lake (24 creators, 2,500 sessions) the signal is noisier than on `make run`'s data.
     assert spearmanr(q["q"], q["quality"]).statistic >= 0.7
     assert spearmanr(e["e_p"], e["promotion"]).statistic == pytest.approx(1.0)
-    assert any("Spearman Q(C) vs planted quality" in n for n in second.notes)
+    # the evaluate job reports the same (aggregate itself never reads the truth)
+    assert not any("planted" in n for n in second.notes)
+    shown = evaluate.execute(spark, settings, Summary("evaluate")).notes
+    q_line = next(n for n in shown if n.strip().startswith("Q(C)"))
+    assert f"{spearmanr(q['q'], q['quality']).statistic:.3f} (24 compared)" in q_line
+    assert any(n.strip().startswith("E(P)") and "promotion 1.000" in n for n in shown)
 
 
 # -- an independent computation of user_features (pandas) ------------------------------

@@ -22,8 +22,8 @@ from pyspark.sql import functions as F
 
 from core import lake
 from core.settings import load_platforms
+from evaluation.generator import export_codes
 from tests.conftest import TEST_OVERRIDES
-from transforms.generate import export_codes
 
 # The demo mappings say what each platform's records look like: its codes for the unified
 # event types and the tingshu CSV's header.

@@ -9,8 +9,9 @@ import pytest
 from pyspark.sql import functions as F
 
 from core.settings import GenerateSettings
-from core.tables import TRUTH_PEOPLE, select_contract
-from transforms import generate as gen
+from core.tables import select_contract
+from evaluation import generator as gen
+from evaluation.truth import TRUTH_PEOPLE
 
 CFG = GenerateSettings(dynamics="btyd", users=400, creators=12, sessions=8_000, days=120,
                        start_date=dt.date(2026, 1, 5))  # a Monday
