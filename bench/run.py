@@ -36,8 +36,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jobs import STAGES
+
+if TYPE_CHECKING:  # pandas is imported where a bench needs it
+    import pandas as pd
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -50,8 +54,7 @@ SCALES = {
     "1e8": {"users": 550_000, "sessions": 53_000_000, "files": 32},
 }
 TARGETS = {"ingest": 3.0, "aggregate": 3.0, "kmeans": 3.0, "scoring": 8.0, "scaling": 11.0, "btyd": 1.0}
-PIPELINE = STAGES  # jobs.pipeline's stages, in order
-COUNTED = PIPELINE[1:]  # the stages counted in end-to-end events per second
+COUNTED = STAGES[1:]  # the stages counted in end-to-end events per second
 log = logging.getLogger("bench")
 
 
@@ -90,9 +93,9 @@ NEEDS = {"ingest": "generate", "aggregate": "aggregate", "kmeans": "personas", "
 def stages_needed(only: list[str]) -> tuple[str, ...]:
     """The pipeline stages to prepare for these comparisons (all of them for a full run)."""
     if set(only) >= set(NEEDS):
-        return PIPELINE
-    last = max((PIPELINE.index(NEEDS[n]) for n in only if NEEDS[n]), default=-1)
-    return PIPELINE[:last + 1]
+        return STAGES
+    last = max((STAGES.index(NEEDS[n]) for n in only if NEEDS[n]), default=-1)
+    return STAGES[:last + 1]
 
 
 def _pipeline_bodies() -> dict[str, Callable]:
@@ -102,7 +105,7 @@ def _pipeline_bodies() -> dict[str, Callable]:
             "score": score.execute}
 
 
-def prepare(spark, settings, data_dir: Path, stages: tuple[str, ...] = PIPELINE,
+def prepare(spark, settings, data_dir: Path, stages: tuple[str, ...] = STAGES,
             bodies: dict[str, Callable] | None = None) -> dict:
     """Take this scale's data through ``stages`` of the pipeline, each timed, and keep the
     times in <data_dir>/prepared.json after every stage.
@@ -414,7 +417,7 @@ BTYD_TRUTH = {"r": 0.8, "alpha": 5.0, "a": 0.6, "b": 2.5, "p": 6.0, "q": 4.0, "v
 BTYD_CUSTOMERS = 1_000_000
 
 
-def btyd_customers(n: int, seed: int) -> "pd.DataFrame":
+def btyd_customers(n: int, seed: int) -> pd.DataFrame:
     """The RFM summary of ``n`` customers drawn from the BG/NBD x Gamma-Gamma process itself
     (BTYD_TRUTH), each observed for 1 to 272 days after a first purchase; vectorised numpy."""
     import numpy as np

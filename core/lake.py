@@ -19,6 +19,7 @@ from delta.exceptions import DeltaConcurrentModificationException
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
+from core.errors import MissingInput
 from core.settings import Settings
 from core.tables import Table
 

@@ -16,13 +16,13 @@ def identity(identity_map: DataFrame, accounts: DataFrame) -> dict[str, float] |
     accounts all belong to one person) and ``completeness`` (share of people whose accounts
     all got one user id)."""
     joined = identity_map.join(accounts, ["platform", "account_id"], "inner")
-    if joined.limit(1).count() == 0:
-        return None
     users = joined.groupBy("user_id").agg(F.countDistinct("person_id").alias("n"))
     people = joined.groupBy("person_id").agg(F.countDistinct("user_id").alias("n"))
-    row = users.agg(F.avg((F.col("n") == 1).cast("double")).alias("purity")).first()
-    col = people.agg(F.avg((F.col("n") == 1).cast("double")).alias("completeness")).first()
-    return {"purity": float(row["purity"]), "completeness": float(col["completeness"])}
+    purity = users.agg(F.avg((F.col("n") == 1).cast("double"))).first()[0]
+    if purity is None:  # no account of the map is a planted one
+        return None
+    completeness = people.agg(F.avg((F.col("n") == 1).cast("double"))).first()[0]
+    return {"purity": float(purity), "completeness": float(completeness)}
 
 
 def _spearman(frame: DataFrame, a: str, b: str) -> tuple[float, int] | None:

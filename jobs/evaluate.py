@@ -41,11 +41,11 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
             summary.note(f"  identities   purity {ids['purity']:.3f}, completeness {ids['completeness']:.3f}")
     quality, period, synergy = on_date(CREATOR_QUALITY), on_date(PLATFORM_PERIOD), on_date(SYNERGY_SCORES)
     for label, planted, figure in (
-        ("Q(C)", "quality", quality and recovery.quality(quality, creators)),
-        ("E(P)", "promotion", period and recovery.promotion(period, platforms)),
-        ("synergy", "quality x promotion", synergy and recovery.synergy(synergy, creators, platforms)),
+        ("Q(C)", "quality", None if quality is None else recovery.quality(quality, creators)),
+        ("E(P)", "promotion", None if period is None else recovery.promotion(period, platforms)),
+        ("synergy", "quality x promotion", None if synergy is None else recovery.synergy(synergy, creators, platforms)),
     ):
-        if figure:
+        if figure is not None:
             summary.note(f"  {label:<12} Spearman vs planted {planted} {figure[0]:.3f} ({figure[1]:,} compared)")
     if on_date(USER_PERSONAS) is not None and lake.exists(spark, settings, IDENTITY_MAP):
         ari = recovery.personas(on_date(USER_PERSONAS), lake.read(spark, settings, IDENTITY_MAP), accounts)

@@ -45,7 +45,6 @@ from core.tables import (
 READS = ("view", "play")
 SOCIAL = ("like", "comment", "share", "follow")
 PAID = ("purchase", "subscribe")
-EVENT_COUNTS = UNIFIED_EVENT_TYPES  # user_platform_daily counts every type: <type>s
 
 
 def window(events: DataFrame, start: dt.date, end: dt.date) -> DataFrame:
@@ -128,7 +127,7 @@ def user_platform_daily(events: DataFrame) -> DataFrame:
     read = _is(*READS)
     out = events.groupBy("user_id", "platform", F.col("event_date").alias("date")).agg(
         F.count(F.lit(1)).alias("events"),
-        *[_n(_is(t)).alias(f"{t}s") for t in EVENT_COUNTS],
+        *[_n(_is(t)).alias(f"{t}s") for t in UNIFIED_EVENT_TYPES],  # user_platform_daily: <type>s
         _n(read & F.col("is_recommended")).alias("rec_reads"),
         F.coalesce(F.sum(F.when(read, F.col("duration_s"))), F.lit(0.0)).alias("watch_seconds"),
         _money().alias("revenue"),

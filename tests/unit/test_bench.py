@@ -7,6 +7,7 @@ import pytest
 
 from bench import run as bench
 from core.errors import MissingInput
+from jobs import STAGES
 
 
 def test_a_selection_prepares_only_as_far_as_its_comparisons_read():
@@ -16,7 +17,7 @@ def test_a_selection_prepares_only_as_far_as_its_comparisons_read():
     assert bench.stages_needed(["kmeans", "ingest"])[-1] == "personas"  # the k that personas chose
     assert bench.stages_needed(["scoring"])[-1] == "train"
     # every comparison: the whole pipeline, score included, for end-to-end events per second
-    assert bench.stages_needed(list(bench.BENCHES)) == bench.PIPELINE
+    assert bench.stages_needed(list(bench.BENCHES)) == STAGES
 
 
 class Stop(Exception):
@@ -51,7 +52,7 @@ def bodies(calls, lake, stop_in=None):
                 raise MissingInput("no @champion for x in sqlite:////somewhere/bench/data/1e8/lake/mlflow.db")
             return summary
         return run
-    return {name: body(name) for name in bench.PIPELINE}
+    return {name: body(name) for name in STAGES}
 
 
 @pytest.fixture
@@ -73,7 +74,7 @@ def test_a_stopped_preparation_resumes_at_the_stage_it_stopped_in_and_does_not_c
     assert "silver_events" not in state  # no silver yet
 
     calls.clear()
-    info = bench.prepare(None, None, tmp_path, bench.PIPELINE, bodies(calls, lake))
+    info = bench.prepare(None, None, tmp_path, STAGES, bodies(calls, lake))
     assert calls == ["refine", "aggregate", "personas", "train", "score"]  # finished stages are not rerun
     assert info["resumed"] == ["refine"] and "running" not in info
     assert info["silver_events"] == 1000  # counted when refine finished
@@ -89,15 +90,15 @@ def test_a_stopped_preparation_resumes_at_the_stage_it_stopped_in_and_does_not_c
     assert "refine 10 s (resumed)" in text and "refine (resumed after an interruption)" in text
 
     calls.clear()
-    again = bench.prepare(None, None, tmp_path, bench.PIPELINE, bodies(calls, lake))
+    again = bench.prepare(None, None, tmp_path, STAGES, bodies(calls, lake))
     assert calls == [] and again["stage_seconds"] == info["stage_seconds"]
 
 
 def test_a_marker_from_before_resuming_existed_reads_as_a_finished_preparation(tmp_path, lake):
-    old = {"silver_events": 600, "stage_seconds": {s: 1.0 for s in bench.PIPELINE}, "notes": {}, "load_avg_1m": 2.0}
+    old = {"silver_events": 600, "stage_seconds": {s: 1.0 for s in STAGES}, "notes": {}, "load_avg_1m": 2.0}
     (tmp_path / "prepared.json").write_text(json.dumps(old))
     calls = []
-    info = bench.prepare(None, None, tmp_path, bench.PIPELINE, bodies(calls, lake))
+    info = bench.prepare(None, None, tmp_path, STAGES, bodies(calls, lake))
     assert calls == [] and bench.pipeline_summary(info)["events_per_second"] == 100  # 600 events in 6 s
 
 

@@ -29,6 +29,7 @@ import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
 from pyspark.sql import functions as F
 
+from core.sources import UNIFIED_EVENT_TYPES
 from core.tables import (
     CREATOR_PLATFORM_PERIOD,
     CREATOR_QUALITY,
@@ -106,7 +107,7 @@ def test_unit_rank_gives_ties_the_mean_rank_and_skips_nulls(spark):
 
 def test_user_platform_daily_by_hand(spark, events):
     def row(user, plat, day, events_, watch=0.0, revenue="0.00", rec_reads=0, **counts):
-        names = [f"{t}s" for t in gold.EVENT_COUNTS]
+        names = [f"{t}s" for t in UNIFIED_EVENT_TYPES]
         return (user, plat, day, events_, *[counts.get(n, 0) for n in names], rec_reads, watch, Decimal(revenue))
 
     expected = frame(spark, USER_PLATFORM_DAILY, [

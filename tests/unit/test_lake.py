@@ -46,3 +46,10 @@ def test_row_counts_come_from_the_delta_log_not_the_files(spark, settings):
     assert lake.row_count(spark, settings, OLD) == 8
     plan = lake.read(spark, settings, OLD).groupBy().count()._jdf.queryExecution().executedPlan().toString()
     assert "LocalTableScan" in plan and "FileScan" not in plan, plan
+
+
+def test_reading_a_table_not_written_yet_names_it_and_the_fix(spark, settings):
+    from core.errors import MissingInput
+
+    with pytest.raises(MissingInput, match=r"table gold\.evolving not found at .*: run the job that writes it first"):
+        lake.read(spark, settings, OLD)
