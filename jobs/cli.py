@@ -62,6 +62,10 @@ class Summary:
     counts: dict[str, int] = field(default_factory=dict)
     tables: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # What the job left out and why (also among the notes): it shapes what a run produced.
+    skipped: list[str] = field(default_factory=list)
+    # The job's results as data, for a caller (the pipeline) to use without parsing notes.
+    results: dict = field(default_factory=dict)
 
     def count(self, name: str, value: int) -> None:
         self.counts[name] = self.counts.get(name, 0) + int(value)
@@ -71,6 +75,14 @@ class Summary:
 
     def note(self, line: str) -> None:
         self.notes.append(line)
+
+    def skip(self, line: str) -> None:
+        """A note that says what was skipped or left out, and why."""
+        self.notes.append(line)
+        self.skipped.append(line)
+
+    def result(self, name: str, value) -> None:
+        self.results[name] = value
 
     def render(self) -> str:
         lines = [f"== {self.job} summary =="]

@@ -12,7 +12,6 @@ dated 2099, is ignored). It is printed, and every stage of the run uses it.
 """
 from __future__ import annotations
 
-import re
 import sys
 import time
 from importlib import import_module
@@ -22,10 +21,8 @@ from pyspark.sql import SparkSession
 from core import lake
 from core.settings import Settings
 from core.tables import DATA_TABLES
-from jobs import STAGES, refine
+from jobs import STAGES, refine, report
 from jobs.cli import Summary, as_of_given, input_option, input_value, run_job
-
-SKIPPED = re.compile(r"\bskipped\b|\bleft out\b")
 
 
 def execute(spark: SparkSession, settings: Settings, summary: Summary, input_root: str | None = None,
@@ -51,7 +48,8 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, input_roo
         print(last.render(), flush=True)
         print(f"pipeline: [{number}/{len(stages)}] {name} done in {time.monotonic() - started:.0f}s", flush=True)
         # What a stage left out, and why, is repeated at the end: it shapes what the run produced.
-        skipped += [f"{name}: {n.strip()}" for n in last.notes if SKIPPED.search(n)]
+        skipped += [f"{name}: {line.strip()}" for line in last.skipped]
+        summary.results.update(last.results)
     for table in DATA_TABLES:
         if lake.exists(spark, settings, table):
             summary.count(f"rows {table.qualified}", lake.row_count(spark, settings, table))
@@ -61,8 +59,10 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, input_roo
         summary.note("skipped or left out:")
         for line in skipped:
             summary.note(f"  {line}")
-    for line in last.notes:  # the scoring summary (synergy, expansion, balance, personas, models) closes the run
+    # The scoring results (synergy, expansion, balance, personas, models) close the run.
+    for line in report.scoring_lines(summary.results["scoring"]):
         summary.note(line)
+    summary.note(f"report: {summary.results['scoring']['report']}")
     return summary
 
 

@@ -160,7 +160,7 @@ def refresh_identity(spark: SparkSession, settings: Settings, summary: Summary) 
     mappings = settings.platforms
     if not lake.exists(spark, settings, ACCOUNTS_RAW):
         lake.ensure(spark, settings, IDENTITY_MAP)
-        summary.note("no account export: identity stitching skipped, every account is its own person")
+        summary.skip("no account export: identity stitching skipped, every account is its own person")
         return lake.read(spark, settings, IDENTITY_MAP)
     raw = lake.read(spark, settings, ACCOUNTS_RAW)
     platforms = [r.platform for r in raw.select("platform").distinct().collect()]

@@ -71,6 +71,13 @@ def summary_lines(tables, profiles, champions: Mapping) -> list[str]:
                      f"{m['spearman']:.3f}, RMSE {m['rmse']:.2f}, total error {m['total_error_pct']:+.1f}%")
     return lines
 
+def scoring_lines(result: Mapping) -> list[str]:
+    """The closing lines of a scoring run, from its results (jobs.score's ``scoring`` result):
+    the summary, then the user model's backtest."""
+    return (summary_lines(result["tables"], result["profiles"], result["champions"])
+            + backtest_lines(result["backtest"]))
+
+
 def _embedded(draw) -> str:
     """One figure drawn by ``draw(ax)``, as an <img> with the PNG inline."""
     plt = _pyplot()
@@ -82,9 +89,10 @@ def _embedded(draw) -> str:
     plt.close(fig)
     return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
-def html_page(as_of, tables, profiles, lines: list[str], backtest_png: bytes | None = None) -> str:
-    """One self-contained HTML page: four plots (five with the user model's backtest) and the
-    summary."""
+def html_page(as_of, result: Mapping, backtest_png: bytes | None = None) -> str:
+    """One self-contained HTML page of a scoring run's results: four plots (five with the user
+    model's backtest) and the summary."""
+    tables, lines = result["tables"], scoring_lines(result)
     syn, rev = tables["synergy_scores"], tables["revenue_metrics"].sort_values("platform")
     top = syn.dropna(subset=["synergy"]).nlargest(12, "synergy").iloc[::-1]
     grow = syn.dropna(subset=["uplift"]).nlargest(12, "uplift").iloc[::-1]
@@ -129,6 +137,15 @@ def html_page(as_of, tables, profiles, lines: list[str], backtest_png: bytes | N
             "<style>body{font-family:sans-serif;margin:2em;max-width:1600px} img{margin:0.5em}"
             "pre{background:#f6f6f6;padding:1em}</style></head>"
             f"<body><h1>ipsynergy — {as_of}</h1><div>{body}</div><h2>Summary</h2><pre>{text}</pre></body></html>")
+
+def persona_lines(profiles: pd.DataFrame) -> list[str]:
+    """The personas of one run, largest first: label, users, user share, revenue share."""
+    lines = [f"{'persona':<58} {'users':>7} {'share':>7} {'revenue':>8}"]
+    for r in profiles.itertuples():
+        rev = "n/a" if r.revenue_share is None or r.revenue_share != r.revenue_share else f"{r.revenue_share:.1%}"
+        lines.append(f"{r.persona_label[:58]:<58} {r.size:>7,} {r.user_share:>7.1%} {rev:>8}")
+    return lines
+
 
 def persona_plots(z, names: list[str], sizes: list[int], out: Path) -> list[Path]:
     """The personas run's plots: the centres (z-scores) as a heat map, and the sizes."""

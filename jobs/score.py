@@ -44,11 +44,8 @@ from core.tables import (
 )
 from jobs import report
 from jobs.cli import Summary, run_job
-from ml import btyd
-from ml import revenue as R
-from transforms import gold
-from transforms import scoring as S
-from transforms import training as T
+from ml import btyd, revenue
+from transforms import gold, scoring, training
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +60,7 @@ def champion(settings: Settings, model: str) -> tuple[dict[str, str], list[str],
     run = MlflowClient().get_run(version.run_id)
     candidate = version.tags.get("candidate", "torch")
     prefix = "test_" if candidate == "torch" else f"baseline_{candidate}_test_"
-    metrics = {m: run.data.metrics.get(f"{prefix}{m}", float("nan")) for m in R.METRICS}
+    metrics = {m: run.data.metrics.get(f"{prefix}{m}", float("nan")) for m in revenue.METRICS}
     return ({"model_name": name, "model_version": str(version.version), "run_id": version.run_id, "uri": uri,
              "candidate": candidate}, list(inputs), metrics)
 
@@ -83,7 +80,7 @@ def _slice(spark: SparkSession, settings: Settings, table) -> tuple[DataFrame, i
     return df, v
 
 
-def _check_inputs(model: str, inputs: list[str], spec: T.ModelSpec) -> None:
+def _check_inputs(model: str, inputs: list[str], spec: training.ModelSpec) -> None:
     missing = [c for c in inputs if c not in spec.features]
     if missing:
         raise InputRejected(f"the {model} champion reads {missing}, which today's features cannot give: retrain with "
@@ -94,86 +91,111 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
     as_of = settings.as_of
     tracking.experiment(settings, "revenue")
     features, features_v = _slice(spark, settings, USER_FEATURES)
+    if features.limit(1).count() == 0:
+        raise MissingInput(f"gold.user_features has no slice for {as_of}: run jobs.aggregate --as-of {as_of}")
     quality, quality_v = _slice(spark, settings, CREATOR_QUALITY)
     pairs, pairs_v = _slice(spark, settings, CREATOR_PLATFORM_PERIOD)
     platform_period, platform_v = _slice(spark, settings, PLATFORM_PERIOD)
-    if features.limit(1).count() == 0:
-        raise MissingInput(f"gold.user_features has no slice for {as_of}: run jobs.aggregate --as-of {as_of}")
     as_of_slice = f"as_of_date = DATE'{as_of.isoformat()}'"
 
-    # -- users ------------------------------------------------------------------------------
+    user_lineage, user_metrics, users = score_users(spark, settings, summary, features, features_v)
+    scores_v = lake.replace_where(spark, settings, USER_REVENUE_SCORES, users, as_of_slice)
+    summary.table(USER_REVENUE_SCORES.qualified, scores_v)
+    champions = {"user_revenue": (user_lineage, user_metrics)}
+
+    pair_found = champion(settings, "creator_platform_revenue")
+    if pair_found is None:
+        summary.skip("synergy and expansion skipped: no creator x platform model (the events name no creator, or "
+                     "too few creator x platform pairs to train one)")
+    else:
+        pair_lineage, pair_inputs, pair_metrics = pair_found
+        champions["creator_platform_revenue"] = (pair_lineage, pair_metrics)
+        frame, synergy = score_pairs(spark, quality, pairs, pair_found, as_of,
+                                     {"creator_quality": quality_v, "creator_platform_period": pairs_v})
+        summary.table(SYNERGY_SCORES.qualified, lake.replace_where(spark, settings, SYNERGY_SCORES, synergy, as_of_slice))
+        frame.unpersist()
+
+    written = lake.read(spark, settings, USER_REVENUE_SCORES, as_of_version=scores_v).where(F.col("as_of_date") == F.lit(as_of))
+    metrics = scoring.revenue_metrics(platform_period, pairs, written, features, gold.platforms_in(platform_period), as_of,
+                                user_lineage, {"platform_period": platform_v, "user_features": features_v})
+    summary.table(REVENUE_METRICS.qualified, lake.replace_where(spark, settings, REVENUE_METRICS, metrics, as_of_slice))
+
+    result = scoring_result(spark, settings, champions)
+    summary.count("users scored", written.count())
+    summary.count("creator x platform rows", len(result["tables"]["synergy_scores"]))
+    for line in report.scoring_lines(result):
+        summary.note(line)
+    path = f"{settings.lake_root}/reports/ipsynergy-{as_of.isoformat()}.html"
+    lake.write_text(spark, path, report.html_page(as_of, result, backtest_plot(user_lineage["run_id"])))
+    summary.note(f"report: {path}")
+    summary.result("scoring", {**result, "report": path})
+    return summary
+
+
+def score_users(spark: SparkSession, settings: Settings, summary: Summary, features: DataFrame,
+                features_v: int) -> tuple[dict[str, str], dict[str, float], DataFrame]:
+    """(lineage, logged metrics, scores) of every user of today's features, scored by the
+    user model's champion, with P(alive) and the BTYD revenue from a fit on today's customers."""
+    as_of = settings.as_of
     found = champion(settings, "user_revenue")
     if found is None:
         name = tracking.model_name(settings, "user_revenue")
         raise MissingInput(f"no @champion for {name} in {settings.tracking_uri}: run jobs.train --as-of {as_of} "
-                       f"(every training run leaves one)")
-    user_lineage, inputs, user_metrics = found
-    platforms, categories = S.keys_of(inputs, "platform_"), S.keys_of(inputs, "cat_")
-    spec = T.user_spec(platforms, categories)
+                           f"(every training run leaves one)")
+    lineage, inputs, metrics = found
+    platforms, categories = scoring.keys_of(inputs, "platform_"), scoring.keys_of(inputs, "cat_")
+    spec = training.user_spec(platforms, categories)
     _check_inputs("user_revenue", inputs, spec)
     personas, personas_v = None, None
     if lake.exists(spark, settings, USER_PERSONAS):
         personas_v = lake.version(spark, settings, USER_PERSONAS)
         personas = (lake.read(spark, settings, USER_PERSONAS, as_of_version=personas_v)
                     .where(F.col("as_of_date") == F.lit(as_of)))
-    frame = T.user_model_frame(features, spec, platforms, categories)
+    frame = training.user_model_frame(features, spec, platforms, categories)
     # BG/NBD x Gamma-Gamma fitted on today's customers: P(alive) for the scores, and the
     # champion's BTYD features when it reads them.
     fitted = btyd.fit(btyd.rfm_sample(frame, settings.train.btyd_sample_cap, settings.train.seed))
     if fitted is None:
-        summary.note(f"BTYD: too few repeat customers as of {as_of} to fit BG/NBD x Gamma-Gamma: p_alive and "
+        summary.skip(f"BTYD: too few repeat customers as of {as_of} to fit BG/NBD x Gamma-Gamma: p_alive and "
                      f"btyd_revenue stay empty")
     else:
         summary.note(f"BTYD fitted on {fitted.customers:,} customers ({fitted.repeat_customers:,} repeat)")
     frame = btyd.with_outputs(frame, fitted, settings.train.horizon_days)
-    scored = predict(spark, frame, user_lineage["uri"], inputs)
-    users = S.user_scores(scored, personas, as_of, settings.train.horizon_days, user_lineage, features_v, personas_v)
-    log.info("scoring users with %s v%s", user_lineage["model_name"], user_lineage["model_version"])
-    scores_v = lake.replace_where(spark, settings, USER_REVENUE_SCORES, users, as_of_slice)
-    summary.table(USER_REVENUE_SCORES.qualified, scores_v)
+    scored = predict(spark, frame, lineage["uri"], inputs)
+    log.info("scoring users with %s v%s", lineage["model_name"], lineage["model_version"])
+    return lineage, metrics, scoring.user_scores(scored, personas, as_of, settings.train.horizon_days, lineage, features_v,
+                                           personas_v)
 
-    # -- creator x platform -------------------------------------------------------------------
-    pair_found = champion(settings, "creator_platform_revenue")
-    champions = {"user_revenue": (user_lineage, user_metrics)}
-    if pair_found is None:
-        summary.note("synergy and expansion skipped: no creator x platform model (the events name no creator, or "
-                     "too few creator x platform pairs to train one)")
-    else:
-        pair_lineage, pair_inputs, pair_metrics = pair_found
-        champions["creator_platform_revenue"] = (pair_lineage, pair_metrics)
-        pair_platforms, pair_categories = S.keys_of(pair_inputs, "is_"), S.keys_of(pair_inputs, "cat_")
-        pspec = T.pair_spec(pair_platforms, pair_categories)
-        _check_inputs("creator_platform_revenue", pair_inputs, pspec)
-        frame = T.pair_model_frame(quality, pairs, pspec, pair_platforms, pair_categories).cache()
-        current = predict(spark, frame, pair_lineage["uri"], pair_inputs)
-        potential = predict(spark, S.potential_frame(frame, quality, pair_platforms, pspec), pair_lineage["uri"],
-                            pair_inputs)
-        synergy = S.synergy_scores(pairs, quality, current, potential, as_of, pair_lineage,
-                                   {"creator_quality": quality_v, "creator_platform_period": pairs_v})
-        summary.table(SYNERGY_SCORES.qualified, lake.replace_where(spark, settings, SYNERGY_SCORES, synergy, as_of_slice))
-        frame.unpersist()
 
-    # -- platforms ----------------------------------------------------------------------------
-    written = lake.read(spark, settings, USER_REVENUE_SCORES, as_of_version=scores_v).where(F.col("as_of_date") == F.lit(as_of))
-    metrics = S.revenue_metrics(platform_period, pairs, written, features, gold.platforms_in(platform_period), as_of,
-                                user_lineage, {"platform_period": platform_v, "user_features": features_v})
-    summary.table(REVENUE_METRICS.qualified, lake.replace_where(spark, settings, REVENUE_METRICS, metrics, as_of_slice))
+def score_pairs(spark: SparkSession, quality: DataFrame, pairs: DataFrame, found: tuple, as_of,
+                versions: dict[str, int]) -> tuple[DataFrame, DataFrame]:
+    """(the cached model frame, to release after the write; the synergy scores) of every
+    creator x platform: the champion's prediction where the creator is, and where it could expand."""
+    lineage, inputs, _ = found
+    platforms, categories = scoring.keys_of(inputs, "is_"), scoring.keys_of(inputs, "cat_")
+    spec = training.pair_spec(platforms, categories)
+    _check_inputs("creator_platform_revenue", inputs, spec)
+    frame = training.pair_model_frame(quality, pairs, spec, platforms, categories).cache()
+    current = predict(spark, frame, lineage["uri"], inputs)
+    potential = predict(spark, scoring.potential_frame(frame, quality, platforms, spec), lineage["uri"], inputs)
+    return frame, scoring.synergy_scores(pairs, quality, current, potential, as_of, lineage, versions)
 
-    tables = {t.name: (lake.read(spark, settings, t).where(F.col("as_of_date") == F.lit(as_of))
-                       if lake.exists(spark, settings, t) else spark.createDataFrame([], t.schema)).toPandas()
-              for t in (SYNERGY_SCORES, REVENUE_METRICS)}
-    summary.count("users scored", written.count())
-    summary.count("creator x platform rows", len(tables["synergy_scores"]))
-    profiles = (lake.read(spark, settings, PERSONA_PROFILES).where(F.col("as_of_date") == F.lit(as_of)).toPandas()
-                if lake.exists(spark, settings, PERSONA_PROFILES) else None)
-    backtest = backtest_of(user_lineage["run_id"])
-    lines = report.summary_lines(tables, profiles, champions) + report.backtest_lines(backtest)
-    for line in lines:
-        summary.note(line)
-    path = f"{settings.lake_root}/reports/ipsynergy-{as_of.isoformat()}.html"
-    lake.write_text(spark, path, report.html_page(as_of, tables, profiles, lines, backtest_plot(user_lineage["run_id"])))
-    summary.note(f"report: {path}")
-    return summary
+
+def scoring_result(spark: SparkSession, settings: Settings, champions: dict) -> dict:
+    """What the summary and the report show, as data: today's synergy and revenue tables and
+    persona profiles (pandas), the champions' lineage and metrics, the user model's backtest."""
+    as_of = settings.as_of
+
+    def today(table):
+        if not lake.exists(spark, settings, table):
+            return None
+        return lake.read(spark, settings, table).where(F.col("as_of_date") == F.lit(as_of)).toPandas()
+
+    empty = {t.name: spark.createDataFrame([], t.schema).toPandas() for t in (SYNERGY_SCORES, REVENUE_METRICS)}
+    tables = {name: found if (found := today(t)) is not None else empty[name]
+              for name, t in (("synergy_scores", SYNERGY_SCORES), ("revenue_metrics", REVENUE_METRICS))}
+    return {"tables": tables, "profiles": today(PERSONA_PROFILES), "champions": champions,
+            "backtest": backtest_of(champions["user_revenue"][0]["run_id"])}
 
 
 def backtest_of(run_id: str) -> pd.DataFrame | None:

@@ -58,14 +58,12 @@ from core.settings import NetSettings, Settings
 from core.tables import EVENTS, USER_PERSONAS
 from jobs import report
 from jobs.cli import Summary, run_job
-from ml import btyd
-from ml import revenue as R
-from transforms import gold
-from transforms import training as T
+from ml import btyd, revenue
+from transforms import gold, training
 
 log = logging.getLogger(__name__)
 MODELS = ("user_revenue", "creator_platform_revenue")
-ML_DIR = Path(R.__file__).resolve().parent
+ML_DIR = Path(revenue.__file__).resolve().parent
 
 
 @dataclass
@@ -77,20 +75,20 @@ class Split:
     frame: pd.DataFrame  # every feature column of the rows, also those the model leaves out
 
 
-def _split(df: pd.DataFrame, spec: T.ModelSpec) -> Split:
+def _split(df: pd.DataFrame, spec: training.ModelSpec) -> Split:
     return Split(df[list(spec.features)].to_numpy(np.float64), df["label"].to_numpy(np.float64),
                  df["weight"].to_numpy(np.float64), df["fold"].to_numpy(), df)
 
 
 def training_rows(spark: SparkSession, settings: Settings, model: str, silver: DataFrame,
-                  personas_version: int | None) -> tuple[T.ModelSpec, DataFrame, list, object]:
+                  personas_version: int | None) -> tuple[training.ModelSpec, DataFrame, list, object]:
     """(spec, rows of every feature date with a `stratum` column, training dates, test date).
     ``personas_version``: the gold.user_personas version to stratify users by (None: payer only)."""
     cfg, gcfg = settings.train, settings.gold
     first, last = silver.agg(F.min("event_date"), F.max("event_date")).first()
     if first is None:
         raise NotEnoughData("silver.events is empty: run jobs.refine first")
-    train_dates, test_date = T.feature_dates(settings.as_of, first, cfg.horizon_days, cfg.windows,
+    train_dates, test_date = training.feature_dates(settings.as_of, first, cfg.horizon_days, cfg.windows,
                                              cfg.window_step_days, cfg.min_history_days)
     if not train_dates:
         raise NotEnoughData(
@@ -105,10 +103,10 @@ def training_rows(spark: SparkSession, settings: Settings, model: str, silver: D
     categories = sorted(r[0] for r in known.where(F.col("category").isNotNull()).select("category").distinct().collect())
     dates = [*train_dates, test_date]
     if model == "user_revenue":
-        spec = T.user_spec(platforms, categories)
+        spec = training.user_spec(platforms, categories)
         # One daily history for every feature date (each reads its own days up to t).
         daily = gold.user_platform_daily(known)
-        parts = [T.user_rows(silver, daily, t, cfg.horizon_days, gcfg.lookback_days, gcfg.period_days, spec,
+        parts = [training.user_rows(silver, daily, t, cfg.horizon_days, gcfg.lookback_days, gcfg.period_days, spec,
                              platforms, categories) for t in dates]
         rows = reduce(DataFrame.unionByName, parts)
         persona = F.lit("(none)")
@@ -124,8 +122,8 @@ def training_rows(spark: SparkSession, settings: Settings, model: str, silver: D
         rows = rows.withColumn("stratum", F.concat_ws("|", persona, F.when(F.col("monetary") > 0, "payer")
                                                                    .otherwise("non-payer")))
     else:
-        spec = T.pair_spec(platforms, categories)
-        parts = [T.pair_rows(silver, t, cfg.horizon_days, gcfg.lookback_days, gcfg.period_days,
+        spec = training.pair_spec(platforms, categories)
+        parts = [training.pair_rows(silver, t, cfg.horizon_days, gcfg.lookback_days, gcfg.period_days,
                              gcfg.quality_weights, spec, platforms, categories) for t in dates]
         rows = reduce(DataFrame.unionByName, parts)
         platform = reduce(lambda acc, p: F.when(F.col(f"is_{p}") == 1, F.lit(p)).otherwise(acc), platforms, F.lit("?"))
@@ -151,11 +149,11 @@ def champion_metrics(settings: Settings, model_kind: str, test: Split) -> tuple[
     inputs = list(model.metadata.get_input_schema().input_names())
     if not set(inputs) <= set(test.frame.columns):
         return version.version, None, f"reads {sorted(set(inputs) - set(test.frame.columns))}, which today's data lacks"
-    scores = R.metrics(test.y, np.asarray(model.predict(test.frame[inputs].astype("float64"))).ravel(), test.w)
+    scores = revenue.metrics(test.y, np.asarray(model.predict(test.frame[inputs].astype("float64"))).ravel(), test.w)
     return version.version, scores, "re-scored on this test split"
 
 
-def log_candidates(fitted: R.Ensemble, baselines: dict, frame: pd.DataFrame) -> dict[str, str]:
+def log_candidates(fitted: revenue.Ensemble, baselines: dict, frame: pd.DataFrame) -> dict[str, str]:
     """Log the network (preprocessing inside) and every baseline to the active run, each with
     its signature and an input example, so whichever wins can be registered and scored.
     Returns the model URI of each candidate."""
@@ -170,12 +168,12 @@ def log_candidates(fitted: R.Ensemble, baselines: dict, frame: pd.DataFrame) -> 
         code = [ml_folder(tmp)]  # the classes travel with the models, e.g. to Spark executors
         uris["torch"] = mlflow.pytorch.log_model(
             fitted, name="model", serialization_format="pickle", code_paths=code,
-            signature=infer_signature(example, R.predict(fitted, example.to_numpy())), input_example=example,
+            signature=infer_signature(example, revenue.predict(fitted, example.to_numpy())), input_example=example,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", *pins]).model_uri
         for b, model in baselines.items():
             uris[b] = mlflow.sklearn.log_model(
                 model, name=f"baseline_{b}", code_paths=code, pip_requirements=pins, input_example=example,
-                skops_trusted_types=R.TRUSTED_TYPES,  # our own classes, shipped in code_paths
+                skops_trusted_types=revenue.TRUSTED_TYPES,  # our own classes, shipped in code_paths
                 signature=infer_signature(example, model.predict(example.to_numpy()))).model_uri
     return uris
 
@@ -191,178 +189,242 @@ def ml_folder(scratch: str) -> str:
     return str(Path(scratch, "ml"))
 
 
-def train_one(settings: Settings, spec: T.ModelSpec, log_mask: np.ndarray, net: NetSettings, train: Split, test: Split,
-              baselines: dict, base: dict[str, dict[str, float]], champion, inputs: list, params: dict,
-              run_name: str, btyd_fits: dict | None = None) -> tuple[dict[str, float], R.Decision, str, str]:
-    """One MLflow run: fit the network, evaluate it beside the baselines, log every candidate,
-    register the run's winner and promote it if it beats the champion (R.choose). Returns
-    (the network's metrics, decision, registered version, run id)."""
-    name = tracking.model_name(settings, spec.name)
+@dataclass
+class Prepared:
+    """One model's training inputs: the samples, the fitted baselines and their held-out
+    metrics, the current champion on the same split, and what the run logs about them."""
+    spec: training.ModelSpec
+    train: Split
+    test: Split
+    log_mask: np.ndarray
+    baselines: dict
+    base: dict[str, dict[str, float]]
+    champion: tuple | None
+    inputs: list
+    params: dict
+    fits: dict
+
+
+def prepare(spark: SparkSession, settings: Settings, summary: Summary, model: str, silver: DataFrame,
+            silver_version: int, personas_version: int | None) -> Prepared | None:
+    """Sample the rows, leave out uninformative features, fit the baselines and re-score the
+    champion. None (with a note) when the creator x platform model has too little to learn."""
+    cfg = settings.train
+    try:
+        spec, train, test, train_dates, test_date, fits = training_data(spark, settings, model, silver,
+                                                                         personas_version)
+    except NotEnoughData as err:
+        if model == "user_revenue":
+            raise
+        summary.skip(f"{model} skipped: {err}")
+        return None
+    summary.count(f"{model} rows train", len(train.y))
+    summary.count(f"{model} rows test", len(test.y))
+    kept = revenue.informative(train.x)
+    dropped = [f for f, k in zip(spec.features, kept) if not k and f != spec.naive_column]
+    if dropped:
+        spec = spec.without(dropped)
+        train, test = _split(train.frame, spec), _split(test.frame, spec)
+        summary.skip(f"{model}: features left out (missing or one value in every training row): {', '.join(dropped)}")
+    log_mask = np.array([f in spec.log_features for f in spec.features])
+    btyd_columns = None
+    if fits and all(f is not None for f in fits.values()) and {"btyd_purchases", "btyd_spend"} <= set(spec.features):
+        btyd_columns = (spec.features.index("btyd_purchases"), spec.features.index("btyd_spend"))
+    elif model == "user_revenue":
+        summary.skip(f"{model}: no BTYD baseline (too few repeat customers on some feature date to fit BG/NBD x "
+                     f"Gamma-Gamma, at least {btyd.MIN_REPEAT_CUSTOMERS} needed)")
+    baselines = revenue.fit_baselines(train.x, train.y, train.w, log_mask, cfg.seed, spec.features.index(spec.naive_column),
+                                cfg.horizon_days / settings.gold.period_days, btyd_columns)
+    base = {b: revenue.metrics(test.y, m.predict(test.x), test.w) for b, m in baselines.items()}
+    params = {"model": model, "as_of": str(settings.as_of), "horizon_days": cfg.horizon_days,
+              "train_dates": ",".join(map(str, train_dates)), "test_date": str(test_date),
+              "sample_cap": cfg.sample_cap, "seed": cfg.seed, "silver_events_version": silver_version,
+              "features": len(spec.features), "features_dropped": ",".join(dropped) or "(none)",
+              "rows_train": len(train.y), "folds": cfg.folds, "rows_test": len(test.y), "sklearn": sklearn.__version__}
+    if fits.get(test_date) is not None:  # the fit that scored the test split; the others are in btyd_fits.json
+        params.update({f"btyd_{k}": v for k, v in fits[test_date].as_dict().items()})
+    summary.note(f"{model}: train dates {', '.join(map(str, train_dates))}; test date {test_date} "
+                 f"(labels {cfg.horizon_days} days after each)")
+    return Prepared(spec, train, test, log_mask, baselines, base, champion_metrics(settings, model, test),
+                    _lineage(spark, settings, model, silver, silver_version, personas_version), params, fits)
+
+
+def _lineage(spark: SparkSession, settings: Settings, model: str, silver: DataFrame, silver_version: int,
+             personas_version: int | None) -> list:
+    """The input tables at their versions, as MLflow datasets with the role each played."""
+    inputs = [(mlflow.data.from_spark(silver, path=lake.path_of(settings, EVENTS), version=str(silver_version),
+                                      name=f"{EVENTS.qualified}@v{silver_version}"), "training")]
+    if model == "user_revenue" and personas_version is not None:
+        inputs.append((mlflow.data.from_spark(
+            lake.read(spark, settings, USER_PERSONAS, as_of_version=personas_version),
+            path=lake.path_of(settings, USER_PERSONAS), version=str(personas_version),
+            name=f"{USER_PERSONAS.qualified}@v{personas_version}"), "sampling"))
+    return inputs
+
+
+# -- one training run: fit -> evaluate -> validate -> register -> promote -------------------
+
+def fit(settings: Settings, spec: training.ModelSpec, net: NetSettings, train: Split, log_mask: np.ndarray) -> revenue.CrossFit:
+    """Cross-fit the network (a progress bar per fold in a terminal) and log every fold's loss
+    curve to the active run."""
+    bars: dict[int, tqdm] = {}
+
+    def progress(fold: int, epoch: int, train_loss: float, val_loss: float) -> None:
+        # every epoch at DEBUG; a bar per fold in a terminal (early stopping ends it short)
+        log.debug("%s fold %d/%d epoch %d/%d: train loss %.4f, held-out loss %.4f", spec.name, fold + 1,
+                  settings.train.folds, epoch, net.max_epochs, train_loss, val_loss)
+        if fold not in bars:
+            for done in bars.values():
+                done.close()
+            bars[fold] = tqdm(total=net.max_epochs, desc=f"{spec.name} fold {fold + 1}/{settings.train.folds}",
+                              unit="epoch", leave=False, disable=not sys.stderr.isatty())
+        bars[fold].update(1)
+        bars[fold].set_postfix(held_out_loss=f"{val_loss:.4f}", refresh=False)
+
+    # The total is calibrated on the latest training date: its labels end where the test
+    # split's features begin, the most recent fully observed horizon (never the test labels).
+    latest = (train.frame["as_of_date"] == train.frame["as_of_date"].max()).to_numpy()
+    started = time.monotonic()
+    fitted = revenue.cross_fit(train.x, train.y, train.w, train.fold, log_mask, net, settings.train.seed, progress,
+                         calibrate=latest)
+    for bar in bars.values():
+        bar.close()
+    for k, f in enumerate(fitted.folds):
+        log.info("%s fold %d/%d: %d epochs, best held-out loss %.4f", spec.name, k + 1, settings.train.folds,
+                 len(f.history), min(h[2] for h in f.history))
+    now = int(time.time() * 1000)
+    history = [Metric(f"{key}_fold{k}", v, now, e) for k, f in enumerate(fitted.folds) for e, tl, vl in f.history
+               for key, v in (("train_loss", tl), ("val_loss", vl))]
+    for i in range(0, len(history), 900):
+        MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=history[i:i + 900])
+    mlflow.log_metrics({**{f"epochs_fold{k}": len(f.history) for k, f in enumerate(fitted.folds)},
+                        **{f"best_epoch_fold{k}": f.best_epoch for k, f in enumerate(fitted.folds)},
+                        "calibration_scale": float(fitted.model.scale), "calibration_rows": int(latest.sum()),
+                        "fit_seconds": time.monotonic() - started})
+    return fitted
+
+
+def evaluate(fitted: revenue.CrossFit, prepared: Prepared) -> dict[str, float]:
+    """The network's held-out metrics beside the baselines', logged with the decile table,
+    the backtest (user model) and the plots. Returns the network's metrics."""
+    spec, test, baselines = prepared.spec, prepared.test, prepared.baselines
+    predicted = revenue.predict(fitted.model, test.x)
+    scores = revenue.metrics(test.y, predicted, test.w)
+    mlflow.log_metrics({f"test_{k}": v for k, v in scores.items()})
+    mlflow.log_metrics({f"baseline_{b}_test_{k}": v for b, m in prepared.base.items() for k, v in m.items()})
+    deciles = revenue.deciles(test.y, predicted, test.w)
+    mlflow.log_table(deciles, "decile_calibration.json")
+    if "tenure_days" in test.frame:  # the user model: by acquisition cohort too, BTYD alongside
+        shown = {"torch": predicted, **({"btyd": baselines["btyd"].predict(test.x)} if "btyd" in baselines else {})}
+        table = revenue.backtest(test.y, shown, test.w, cohorts(test.frame))
+        mlflow.log_table(table, "backtest.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.log_artifact(str(report.backtest_figure(table, spec.name, Path(tmp))), "plots")
+    if prepared.fits:
+        mlflow.log_dict({str(t): f.as_dict() if f else None for t, f in prepared.fits.items()}, "btyd_fits.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in report.training_plots(test.y, predicted, fitted.folds, deciles, spec.name, Path(tmp)):
+            mlflow.log_artifact(str(path), "plots")
+    return scores
+
+
+def validate(scores: dict[str, float], prepared: Prepared) -> revenue.Decision:
+    """The run's winner among the network and the baselines, and whether it beats the
+    champion re-scored on the same split (revenue.choose). A champion that cannot score today's
+    data (it reads a feature that is gone) ranks below any candidate."""
+    champion = prepared.champion
+    champion_scores = None
+    if champion is not None:
+        champion_scores = champion[1] if champion[1] is not None else {"gini": float("nan"),
+                                                                       "total_error_pct": float("nan")}
+    decision = revenue.choose({"torch": scores, **prepared.base}, champion_scores)
+    if champion is not None and champion[1] is None:
+        decision.reasons.append(f"champion v{champion[0]} {champion[2]}")
+    return decision
+
+
+def register(name: str, uri: str, decision: revenue.Decision) -> str:
+    """Register the run's winner as a new version of ``name``, tagged with the gate's reasons."""
+    version = str(mlflow.register_model(uri, name).version)
+    client = MlflowClient()
+    client.set_model_version_tag(name, version, "gate", "; ".join(decision.reasons))
+    client.set_model_version_tag(name, version, "candidate", decision.winner)
+    return version
+
+
+def promote(name: str, version: str, decision: revenue.Decision) -> None:
+    """Move the ``champion`` alias to ``version`` if the gate says so; tag the run either way."""
+    if decision.promote:
+        MlflowClient().set_registered_model_alias(name, "champion", version)
+    mlflow.set_tags({"promoted": str(decision.promote).lower(), "winner": decision.winner,
+                     "gate": "; ".join(decision.reasons)})
+
+
+def train_one(settings: Settings, prepared: Prepared, net: NetSettings, params: dict,
+              run_name: str) -> tuple[dict[str, float], revenue.Decision, str, str]:
+    """One MLflow run of the steps above. Returns (the network's metrics, decision,
+    registered version, run id)."""
+    spec = prepared.spec
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.log_params({**params, **{f"net_{k}": v for k, v in net.model_dump().items()}})
-        for dataset, context in inputs:
+        for dataset, context in prepared.inputs:
             mlflow.log_input(dataset, context=context)
-        started = time.monotonic()
-
-        bars: dict[int, tqdm] = {}
-
-        def progress(fold: int, epoch: int, train_loss: float, val_loss: float) -> None:
-            # every epoch at DEBUG; a bar per fold in a terminal (early stopping ends it short)
-            log.debug("%s fold %d/%d epoch %d/%d: train loss %.4f, held-out loss %.4f", spec.name, fold + 1,
-                      settings.train.folds, epoch, net.max_epochs, train_loss, val_loss)
-            if fold not in bars:
-                for done in bars.values():
-                    done.close()
-                bars[fold] = tqdm(total=net.max_epochs, desc=f"{spec.name} fold {fold + 1}/{settings.train.folds}",
-                                  unit="epoch", leave=False, disable=not sys.stderr.isatty())
-            bars[fold].update(1)
-            bars[fold].set_postfix(held_out_loss=f"{val_loss:.4f}", refresh=False)
-
-        # The total is calibrated on the latest training date: its labels end where the test
-        # split's features begin, the most recent fully observed horizon (never the test labels).
-        latest = (train.frame["as_of_date"] == train.frame["as_of_date"].max()).to_numpy()
-        fitted = R.cross_fit(train.x, train.y, train.w, train.fold, log_mask, net, settings.train.seed, progress,
-                             calibrate=latest)
-        for bar in bars.values():
-            bar.close()
-        for k, f in enumerate(fitted.folds):
-            log.info("%s fold %d/%d: %d epochs, best held-out loss %.4f", spec.name, k + 1, settings.train.folds,
-                     len(f.history), min(h[2] for h in f.history))
-        now = int(time.time() * 1000)
-        history = [Metric(f"{key}_fold{k}", v, now, e) for k, f in enumerate(fitted.folds) for e, tl, vl in f.history
-                   for key, v in (("train_loss", tl), ("val_loss", vl))]
-        for i in range(0, len(history), 900):
-            MlflowClient().log_batch(run.info.run_id, metrics=history[i:i + 900])
-        predicted = R.predict(fitted.model, test.x)
-        scores = R.metrics(test.y, predicted, test.w)
-        mlflow.log_metrics({f"test_{k}": v for k, v in scores.items()})
-        mlflow.log_metrics({f"baseline_{b}_test_{k}": v for b, m in base.items() for k, v in m.items()})
-        mlflow.log_metrics({**{f"epochs_fold{k}": len(f.history) for k, f in enumerate(fitted.folds)},
-                            **{f"best_epoch_fold{k}": f.best_epoch for k, f in enumerate(fitted.folds)},
-                            "calibration_scale": float(fitted.model.scale),
-                            "calibration_rows": int(latest.sum()),
-                            "fit_seconds": time.monotonic() - started})
-        deciles = R.deciles(test.y, predicted, test.w)
-        mlflow.log_table(deciles, "decile_calibration.json")
-        if "tenure_days" in test.frame:  # the user model: by acquisition cohort too, BTYD alongside
-            shown = {"torch": predicted, **({"btyd": baselines["btyd"].predict(test.x)} if "btyd" in baselines else {})}
-            table = R.backtest(test.y, shown, test.w, cohorts(test.frame))
-            mlflow.log_table(table, "backtest.json")
-            with tempfile.TemporaryDirectory() as tmp:
-                mlflow.log_artifact(str(report.backtest_figure(table, spec.name, Path(tmp))), "plots")
-        if btyd_fits:
-            mlflow.log_dict({str(t): f.as_dict() if f else None for t, f in btyd_fits.items()}, "btyd_fits.json")
-        with tempfile.TemporaryDirectory() as tmp:
-            for path in report.training_plots(test.y, predicted, fitted.folds, deciles, spec.name, Path(tmp)):
-                mlflow.log_artifact(str(path), "plots")
-        uris = log_candidates(fitted.model, baselines, test.frame[list(spec.features)])
-        champion_scores = None
-        if champion is not None:
-            champion_scores = champion[1] if champion[1] is not None else {"gini": float("nan"),
-                                                                           "total_error_pct": float("nan")}
-        decision = R.choose({"torch": scores, **base}, champion_scores)
-        if champion is not None and champion[1] is None:
-            decision.reasons.append(f"champion v{champion[0]} {champion[2]}")
-        version = str(mlflow.register_model(uris[decision.winner], name).version)
-        client = MlflowClient()
-        client.set_model_version_tag(name, version, "gate", "; ".join(decision.reasons))
-        client.set_model_version_tag(name, version, "candidate", decision.winner)
-        if decision.promote:
-            client.set_registered_model_alias(name, "champion", version)
-        mlflow.set_tags({"promoted": str(decision.promote).lower(), "winner": decision.winner,
-                         "gate": "; ".join(decision.reasons)})
+        fitted = fit(settings, spec, net, prepared.train, prepared.log_mask)
+        scores = evaluate(fitted, prepared)
+        uris = log_candidates(fitted.model, prepared.baselines, prepared.test.frame[list(spec.features)])
+        decision = validate(scores, prepared)
+        name = tracking.model_name(settings, spec.name)
+        version = register(name, uris[decision.winner], decision)
+        promote(name, version, decision)
         return scores, decision, version, run.info.run_id
 
 
 def execute(spark: SparkSession, settings: Settings, summary: Summary, models: tuple[str, ...] = MODELS,
             sweep: bool = False) -> Summary:
-    cfg = settings.train
     if not lake.exists(spark, settings, EVENTS):
         raise MissingInput(f"silver.events not found under {settings.lake_root}: run jobs.refine first")
     silver_version = lake.version(spark, settings, EVENTS)
     silver = lake.read(spark, settings, EVENTS, as_of_version=silver_version)
     personas_version = lake.version(spark, settings, USER_PERSONAS) if lake.exists(spark, settings, USER_PERSONAS) else None
-    nets = cfg.sweep_nets() if sweep else [cfg.net]
+    nets = settings.train.sweep_nets() if sweep else [settings.train.net]
     tracking.experiment(settings, "revenue")
     has_creators = "creator_platform_revenue" in models and \
         silver.where(F.col("creator_id").isNotNull()).limit(1).count() > 0
     for model in models:
         if model == "creator_platform_revenue" and not has_creators:
-            summary.note(f"{model} skipped: the events name no creator (no creator_id in the mappings), so there "
+            summary.skip(f"{model} skipped: the events name no creator (no creator_id in the mappings), so there "
                          "is no creator x platform revenue to learn; synergy and expansion are skipped too")
             continue
-        try:
-            spec, train, test, train_dates, test_date, fits = training_data(spark, settings, model, silver,
-                                                                             personas_version)
-        except NotEnoughData as err:
-            if model == "user_revenue":
-                raise
-            summary.note(f"{model} skipped: {err}")
+        prepared = prepare(spark, settings, summary, model, silver, silver_version, personas_version)
+        if prepared is None:
             continue
-        summary.count(f"{model} rows train", len(train.y))
-        summary.count(f"{model} rows test", len(test.y))
-        kept = R.informative(train.x)
-        dropped = [f for f, k in zip(spec.features, kept) if not k and f != spec.naive_column]
-        if dropped:
-            spec = spec.without(dropped)
-            train, test = _split(train.frame, spec), _split(test.frame, spec)
-            summary.note(f"{model}: features left out (missing or one value in every training row): "
-                         f"{', '.join(dropped)}")
-        log_mask = np.array([f in spec.log_features for f in spec.features])
-        factor = cfg.horizon_days / settings.gold.period_days
-        btyd_columns = None
-        if fits and all(f is not None for f in fits.values()) and {"btyd_purchases", "btyd_spend"} <= set(spec.features):
-            btyd_columns = (spec.features.index("btyd_purchases"), spec.features.index("btyd_spend"))
-        elif model == "user_revenue":
-            summary.note(f"{model}: no BTYD baseline (too few repeat customers on some feature date to fit BG/NBD x "
-                         f"Gamma-Gamma, at least {btyd.MIN_REPEAT_CUSTOMERS} needed)")
-        baselines = R.fit_baselines(train.x, train.y, train.w, log_mask, cfg.seed,
-                                    spec.features.index(spec.naive_column), factor, btyd_columns)
-        base = {b: R.metrics(test.y, m.predict(test.x), test.w) for b, m in baselines.items()}
-        name = tracking.model_name(settings, spec.name)
-        champion = champion_metrics(settings, model, test)
-        inputs = [(mlflow.data.from_spark(silver, path=lake.path_of(settings, EVENTS), version=str(silver_version),
-                                          name=f"{EVENTS.qualified}@v{silver_version}"), "training")]
-        if model == "user_revenue" and personas_version is not None:
-            inputs.append((mlflow.data.from_spark(
-                lake.read(spark, settings, USER_PERSONAS, as_of_version=personas_version),
-                path=lake.path_of(settings, USER_PERSONAS), version=str(personas_version),
-                name=f"{USER_PERSONAS.qualified}@v{personas_version}"), "sampling"))
-        params = {"model": model, "as_of": str(settings.as_of), "horizon_days": cfg.horizon_days,
-                  "train_dates": ",".join(map(str, train_dates)), "test_date": str(test_date),
-                  "sample_cap": cfg.sample_cap, "seed": cfg.seed, "silver_events_version": silver_version,
-                  "features": len(spec.features), "features_dropped": ",".join(dropped) or "(none)",
-                  "rows_train": len(train.y), "folds": cfg.folds,
-                  "rows_test": len(test.y), "sklearn": sklearn.__version__, "sweep": sweep}
-        if fits.get(test_date) is not None:  # the fit that scored the test split; the others are in btyd_fits.json
-            params.update({f"btyd_{k}": v for k, v in fits[test_date].as_dict().items()})
-        summary.note(f"{model}: train dates {', '.join(map(str, train_dates))}; test date {test_date} "
-                     f"(labels {cfg.horizon_days} days after each)")
         summary.note("  baselines: " + "; ".join(f"{b} Gini {m['gini']:.3f} Spearman {m['spearman']:.3f} "
                                                   f"total error {m['total_error_pct']:+.1f}%"
-                                                  for b, m in base.items()))
-        if champion:
-            shown = (f"Gini {champion[1]['gini']:.3f}, total error {champion[1]['total_error_pct']:+.1f}%"
-                     if champion[1] else champion[2])
-            summary.note(f"  champion v{champion[0]} ({shown})")
+                                                  for b, m in prepared.base.items()))
+        if prepared.champion:
+            version, scores, what = prepared.champion
+            shown = f"Gini {scores['gini']:.3f}, total error {scores['total_error_pct']:+.1f}%" if scores else what
+            summary.note(f"  champion v{version} ({shown})")
         for i, net in enumerate(nets):
             run_name = f"{model}-{settings.as_of}" + (f"-sweep{i}" if sweep else "")
-            scores, decision, version, run_id = train_one(settings, spec, log_mask, net, train, test, baselines, base,
-                                                          champion, inputs, params, run_name, fits)
+            scores, decision, version, run_id = train_one(settings, prepared, net, {**prepared.params, "sweep": sweep},
+                                                          run_name)
             verdict = "promoted to @champion" if decision.promote else "registered, not promoted"
             summary.note(f"  torch (hidden {list(net.hidden)}): Gini {scores['gini']:.3f}, Spearman "
                          f"{scores['spearman']:.3f}, RMSE {scores['rmse']:.2f}, total error "
                          f"{scores['total_error_pct']:+.1f}%; run {run_id}")
-            summary.note(f"  winner {decision.winner} -> {name} v{version}, {verdict}")
+            summary.note(f"  winner {decision.winner} -> {tracking.model_name(settings, model)} v{version}, {verdict}")
             summary.note("    gate: " + "; ".join(decision.reasons))
-            if decision.promote:
-                won = scores if decision.winner == "torch" else base[decision.winner]
-                champion = (version, won, "promoted in this sweep")
+            summary.result(model, {"run_id": run_id, "version": version, "winner": decision.winner,
+                                   "promoted": decision.promote, "test": scores})
+            if decision.promote:  # the next sweep entry must beat this one
+                won = scores if decision.winner == "torch" else prepared.base[decision.winner]
+                prepared.champion = (version, won, "promoted in this sweep")
     return summary
 
 
 def training_data(spark: SparkSession, settings: Settings, model: str, silver: DataFrame,
-                  personas_version: int | None) -> tuple[T.ModelSpec, Split, Split, list, object]:
+                  personas_version: int | None) -> tuple[training.ModelSpec, Split, Split, list, object]:
     """(spec, train split, test split, training dates, test date): the stratified samples of
     the point-in-time rows, in pandas. Raises NotEnoughData when they cannot train a model."""
     cfg = settings.train
@@ -370,14 +432,14 @@ def training_data(spark: SparkSession, settings: Settings, model: str, silver: D
     rows = rows.persist(StorageLevel.MEMORY_AND_DISK)  # counted per stratum, then sampled
     keys = list(spec.keys)
     is_test = F.col("as_of_date") == F.lit(test_date)
-    sampled = (T.stratified_sample(rows.where(~is_test), ["stratum"], cfg.sample_cap, cfg.seed, [*keys, "as_of_date"])
-               .unionByName(T.stratified_sample(rows.where(is_test), ["stratum"], cfg.sample_cap, cfg.seed, keys)))
+    sampled = (training.stratified_sample(rows.where(~is_test), ["stratum"], cfg.sample_cap, cfg.seed, [*keys, "as_of_date"])
+               .unionByName(training.stratified_sample(rows.where(is_test), ["stratum"], cfg.sample_cap, cfg.seed, keys)))
     # Folds hold out whole users (pairs): each network is early-stopped on unseen ones.
     fold = F.abs(F.xxhash64(F.lit(cfg.seed + 1), *[F.col(k) for k in keys])) % cfg.folds
     sampled = (sampled.withColumn("split", F.when(is_test, "test").otherwise("train"))
                       .withColumn("fold", F.when(is_test, F.lit(-1)).otherwise(fold)))
-    carried = T.CARRIED if model == "user_revenue" else ()
-    own = [c for c in spec.features if c not in T.BTYD_OUTPUTS]
+    carried = training.CARRIED if model == "user_revenue" else ()
+    own = [c for c in spec.features if c not in training.BTYD_OUTPUTS]
     pdf = (sampled.select(*keys, "as_of_date", *own, *carried, "label", "weight", "split", "fold")
            .toPandas().sort_values([*keys, "as_of_date"], kind="mergesort"))  # same order on any cluster
     fits = {}
