@@ -217,12 +217,12 @@ def bench_ingest(spark, settings, work: Path, scale: str, runs: int) -> list[dic
     """ingest_json / ingest_csv: raw exports -> typed, validated, silver-shaped Parquet."""
     from pyspark.sql import functions as F
 
-    from bench import baselines as B
-    from jobs import ingest as I
+    from bench import baselines
+    from jobs import ingest as ingest_job
     from transforms import refine as RF
     from transforms.ingest import to_bronze
 
-    listing = I.list_files(spark, settings.raw_root)
+    listing = ingest_job.list_files(spark, settings.raw_root)
     out = []
     for fmt in ("json", "csv"):
         platforms = sorted(p for p, m in settings.platforms.items() if m.format == fmt)
@@ -235,25 +235,25 @@ def bench_ingest(spark, settings, work: Path, scale: str, runs: int) -> list[dic
             frames = []
             for mapping, files in sources:
                 header = ",".join(mapping.events.columns) if mapping.format == "csv" and mapping.events.columns else None
-                bronze = to_bronze(I.read_records(spark, files, "text"), mapping.name, mapping.format, "bench", ingested_at,
+                bronze = to_bronze(ingest_job.read_records(spark, files, "text"), mapping.name, mapping.format, "bench", ingested_at,
                                    header, partitions=len(files))
                 parsed = RF.parse_events(bronze, mapping, settings.refine, settings.as_of)
-                frames.append(parsed.where(F.size("reasons") == 0).select(*B.INGEST_COLUMNS))
+                frames.append(parsed.where(F.size("reasons") == 0).select(*baselines.INGEST_COLUMNS))
             df = frames[0]
             for f in frames[1:]:
                 df = df.unionByName(f)
             df.write.mode("overwrite").parquet(str(ours_out))
 
-        con = B.connect(2)
+        con = baselines.connect(2)
         local = [(m, [f.removeprefix("file:") for f in files]) for m, files in sources]
 
         def baseline() -> None:
             _clean(base_out)
-            B.ingest(con, local, settings.refine, settings.as_of, base_out)
+            baselines.ingest(con, local, settings.refine, settings.as_of, base_out)
 
         a, b = compare_runs(f"ingest_{fmt}", ours, baseline, runs)
-        problems = B.compare(B.checksum(ours_out, list(B.INGEST_COLUMNS)), B.checksum(base_out, list(B.INGEST_COLUMNS)))
-        rows = B.checksum(base_out, ["event_key"])["rows"]
+        problems = baselines.compare(baselines.checksum(ours_out, list(baselines.INGEST_COLUMNS)), baselines.checksum(base_out, list(baselines.INGEST_COLUMNS)))
+        rows = baselines.checksum(base_out, ["event_key"])["rows"]
         out.append(result(f"ingest_{fmt}", scale, a, "duckdb (2 threads)", b, TARGETS["ingest"], problems,
                           {"platforms": platforms, "files": sum(len(f) for _, f in sources), "valid_rows": int(rows)}))
     return out
@@ -266,7 +266,7 @@ def _files_of(spark, path: str) -> list[str]:
 
 def bench_aggregate(spark, settings, work: Path, scale: str, runs: int) -> list[dict]:
     """aggregate_user_features: gold.user_features from silver.events (+ gold.user_platform_daily)."""
-    from bench import baselines as B
+    from bench import baselines
     from core import lake
     from core.tables import EVENTS, USER_FEATURES, USER_PLATFORM_DAILY
     from transforms import gold
@@ -282,16 +282,16 @@ def bench_aggregate(spark, settings, work: Path, scale: str, runs: int) -> list[
 
     silver_files = _files_of(spark, lake.path_of(settings, EVENTS))
     daily_files = _files_of(spark, lake.path_of(settings, USER_PLATFORM_DAILY))
-    con = B.connect(2)
+    con = baselines.connect(2)
 
     def baseline() -> None:
         _clean(base_out)
-        B.user_features(con, silver_files, daily_files, as_of, cfg.lookback_days, cfg.period_days, base_out)
+        baselines.user_features(con, silver_files, daily_files, as_of, cfg.lookback_days, cfg.period_days, base_out)
 
     a, b = compare_runs("aggregate_user_features", ours, baseline, runs)
     columns = USER_FEATURES.schema.fieldNames()
-    problems = B.compare(B.checksum(ours_out, columns), B.checksum(base_out, columns))
-    rows = B.checksum(base_out, ["user_id"])["rows"]
+    problems = baselines.compare(baselines.checksum(ours_out, columns), baselines.checksum(base_out, columns))
+    rows = baselines.checksum(base_out, ["user_id"])["rows"]
     events = lake.read(spark, settings, EVENTS).count()
     return [result("aggregate_user_features", scale, a, "duckdb (2 threads)", b, TARGETS["aggregate"], problems,
                    {"silver_events": events, "users": int(rows), "silver_files": len(silver_files)})]
@@ -303,13 +303,13 @@ def _persona_data(spark, settings):
 
     from core import lake
     from core.tables import PERSONA_PROFILES, USER_FEATURES
-    from ml import personas as P
+    from ml import personas as persona_model
     from transforms.gold import map_keys_in
 
     features = lake.read(spark, settings, USER_FEATURES).where(F.col("as_of_date") == F.lit(settings.as_of))
     categories = map_keys_in(features, "category_share")  # the job's own input preparation
-    flat = P.model_input(features, categories, settings.personas.partitions)
-    data = P.prep_pipeline(P.model_columns(flat, categories)[0]).fit(flat).transform(flat).select("user_id", P.PREP_OUT)
+    flat = persona_model.model_input(features, categories, settings.personas.partitions)
+    data = persona_model.prep_pipeline(persona_model.model_columns(flat, categories)[0]).fit(flat).transform(flat).select("user_id", persona_model.PREP_OUT)
     data = data.persist(StorageLevel.MEMORY_AND_DISK)
     data.count()
     k = None
@@ -330,16 +330,16 @@ def bench_kmeans(spark, settings, work: Path, scale: str, runs: int) -> list[dic
     from pyspark.ml.functions import vector_to_array
     from sklearn.cluster import KMeans
 
-    from ml import personas as P
+    from ml import personas as persona_model
 
     cfg = settings.personas
     data, k = _persona_data(spark, settings)
-    x = np.stack(data.select(vector_to_array(P.PREP_OUT).alias("v")).toPandas()["v"].to_numpy())
+    x = np.stack(data.select(vector_to_array(persona_model.PREP_OUT).alias("v")).toPandas()["v"].to_numpy())
     sk_tol = cfg.tol ** 2 / float(np.mean(np.var(x, axis=0)))
     fitted: dict = {}
 
     def ours() -> None:
-        fitted["ours"] = P.fit_best_of(data, k, cfg, cfg.seed)
+        fitted["ours"] = persona_model.fit_best_of(data, k, cfg, cfg.seed)
 
     def baseline() -> None:
         fitted["sk"] = KMeans(n_clusters=k, init="k-means++", n_init=cfg.restarts, max_iter=cfg.max_iter,
@@ -369,12 +369,11 @@ def bench_scoring(spark, settings, work: Path, scale: str, runs: int) -> list[di
     from mlflow.tracking import MlflowClient
     from pyspark.sql import functions as F
 
-    from bench import baselines as B
+    from bench import baselines
     from core import lake, tracking
     from core.tables import USER_FEATURES
     from jobs import score
-    from transforms import scoring as S
-    from transforms import training as T
+    from transforms import scoring, training
 
     tracking.experiment(settings, "revenue")
     name = tracking.model_name(settings, "user_revenue")
@@ -387,10 +386,10 @@ def bench_scoring(spark, settings, work: Path, scale: str, runs: int) -> list[di
         which = "latest (no champion)"
     uri = f"models:/{name}/{version}"
     inputs = list(mlflow.models.get_model_info(uri).signature.inputs.input_names())
-    platforms, categories = S.keys_of(inputs, "platform_"), S.keys_of(inputs, "cat_")
+    platforms, categories = scoring.keys_of(inputs, "platform_"), scoring.keys_of(inputs, "cat_")
     features = lake.read(spark, settings, USER_FEATURES).where(F.col("as_of_date") == F.lit(settings.as_of))
     rows_in = work / "scoring_input"
-    T.user_model_frame(features, T.user_spec(platforms, categories), platforms, categories) \
+    training.user_model_frame(features, training.user_spec(platforms, categories), platforms, categories) \
         .write.mode("overwrite").parquet(str(rows_in))
     ours_out, base_out = work / "scoring_ours", work / "scoring_torch.parquet"
 
@@ -406,8 +405,8 @@ def bench_scoring(spark, settings, work: Path, scale: str, runs: int) -> list[di
 
     a, b = compare_runs("scoring_users", ours, baseline, runs)
     # float32 network: the same rows in other batch sizes may differ in the last bits
-    problems = B.compare(B.checksum(ours_out), B.checksum(base_out), rel_tol=1e-6)
-    rows = B.checksum(base_out, ["user_id"])["rows"]
+    problems = baselines.compare(baselines.checksum(ours_out), baselines.checksum(base_out), rel_tol=1e-6)
+    rows = baselines.checksum(base_out, ["user_id"])["rows"]
     return [result("scoring_users", scale, a, "same torch model in-process (mlflow.pyfunc, pandas)", b,
                    TARGETS["scoring"], problems, {"model": f"{name} v{version} ({which})", "users": int(rows)})]
 

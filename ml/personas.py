@@ -20,6 +20,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from core.settings import PersonaSettings
+from core.tables import PERSONA_PROFILES, PERSONA_TRANSITIONS, USER_PERSONAS, select_contract
 from transforms.training import share_columns
 
 # Heavy-tailed counts and amounts enter as sign(x) * ln(1 + |x|).
@@ -231,3 +232,51 @@ def distance_to_centre(predicted: DataFrame, model: KMeansModel) -> Column:
 def fitted_pipeline(prep: PipelineModel, model: KMeansModel) -> PipelineModel:
     """One model that turns gold.user_features (flattened) into persona ids."""
     return PipelineModel(stages=[*prep.stages, model])
+
+
+# -- the persona tables -----------------------------------------------------------------
+
+def profiles(flat: DataFrame, assigned: DataFrame, cols: list[str], categories: list[str], platforms: list[str],
+             names: dict[int, str], as_of, run_id: str) -> DataFrame:
+    """Size, user and revenue shares, centre in original units (of the model's ``cols``), top
+    platforms and categories."""
+    df = assigned.select("user_id", "persona_id").join(flat, "user_id", "inner")
+    total = df.agg(F.count(F.lit(1)).alias("n"), F.sum("monetary").alias("m")).first()
+    plat = [F.avg(F.coalesce(F.col("platform_share")[p], F.lit(0.0))).alias(f"_p_{p}") for p in platforms]
+    agg = df.groupBy("persona_id").agg(
+        F.count(F.lit(1)).alias("size"), F.sum("monetary").alias("_revenue"),
+        *[F.avg(c).alias(f"_c_{c}") for c in cols], *plat)
+
+    def top(prefix: str, keys: list[str], n: int = 2):
+        if not keys:
+            return F.array().cast("array<string>")
+        ranked = F.array_sort(F.array(*[F.struct((-F.col(f"{prefix}{k}")).alias("neg"), F.lit(k).alias("key"))
+                                        for k in keys]))
+        return F.slice(F.transform(F.filter(ranked, lambda s: s["neg"] < 0), lambda s: s["key"]), 1, n)
+
+    out = agg.select(
+        F.lit(as_of).alias("as_of_date"), "persona_id", label_column(names).alias("persona_label"), "size",
+        (F.col("size") / F.lit(total["n"])).alias("user_share"),
+        (F.col("_revenue") / F.lit(total["m"]) if total["m"] else F.lit(None)).alias("revenue_share"),
+        F.map_from_arrays(F.array(*[F.lit(c) for c in cols]), F.array(*[F.col(f"_c_{c}") for c in cols])).alias("centre"),
+        top("_p_", platforms).alias("top_platforms"),
+        top("_c_cat_", [c for c in categories if category_column(c) in cols]).alias("top_categories"),
+        F.lit(run_id).alias("mlflow_run_id"),
+    )
+    return select_contract(out, PERSONA_PROFILES)
+
+
+def transitions(current: DataFrame, previous: DataFrame, as_of, previous_as_of) -> DataFrame:
+    """Users per (persona before, persona now); "(new)" / "(gone)" for users in one run only."""
+    joined = (previous.select("user_id", F.col("persona_label").alias("from_label"))
+              .join(current.select("user_id", F.col("persona_label").alias("to_label")), "user_id", "full"))
+    out = (joined.fillna({"from_label": "(new)", "to_label": "(gone)"})
+                 .groupBy("from_label", "to_label").agg(F.count(F.lit(1)).alias("users"))
+                 .withColumn("as_of_date", F.lit(as_of)).withColumn("previous_as_of_date", F.lit(previous_as_of)))
+    return select_contract(out, PERSONA_TRANSITIONS)
+
+
+def user_personas(assigned: DataFrame, names: dict[int, str], as_of) -> DataFrame:
+    """gold.user_personas rows: each user's persona, its label and the distance to its centre."""
+    return select_contract(assigned.select("user_id", F.lit(as_of).alias("as_of_date"), "persona_id",
+                                           label_column(names).alias("persona_label"), "distance"), USER_PERSONAS)

@@ -13,7 +13,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from core.tables import REVENUE_METRICS, SYNERGY_SCORES, USER_REVENUE_SCORES, select_contract
-from transforms import training as T
+from transforms import training
 
 # Pair features that describe the creator's presence on one platform; a counterfactual row
 # takes the creator's mean over the platforms where it is active.
@@ -33,7 +33,7 @@ def _lineage(lineage: Mapping[str, str]) -> list:
 def user_scores(scored: DataFrame, personas: DataFrame | None, as_of: dt.date, horizon: int,
                 lineage: Mapping[str, str], features_version: int, personas_version: int | None) -> DataFrame:
     """gold.user_revenue_scores: one row per scored user with its persona, lineage and the
-    BTYD view of it (``scored`` carries the T.BTYD_OUTPUTS columns)."""
+    BTYD view of it (``scored`` carries the training.BTYD_OUTPUTS columns)."""
     out = scored.select("user_id", "prediction", F.col("btyd_p_alive").alias("p_alive"),
                         (F.col("btyd_purchases") * F.col("btyd_spend")).alias("btyd_revenue"))
     if personas is not None:
@@ -47,7 +47,7 @@ def user_scores(scored: DataFrame, personas: DataFrame | None, as_of: dt.date, h
     return select_contract(out, USER_REVENUE_SCORES)
 
 
-def potential_frame(frame: DataFrame, creators: DataFrame, platforms: list[str], spec: T.ModelSpec) -> DataFrame:
+def potential_frame(frame: DataFrame, creators: DataFrame, platforms: list[str], spec: training.ModelSpec) -> DataFrame:
     """One counterfactual row per (creator, platform): the creator as it is (Q, signals,
     category), its mean presence over the platforms where it is active (K, R, X, funnel),
     the platform's own E(P) as its E, and its reads and revenue elsewhere.

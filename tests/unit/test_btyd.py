@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from ml import btyd
-from transforms import training as T
+from transforms import training
 
 TRUE = {"r": 0.8, "alpha": 5.0, "a": 0.6, "b": 2.5}
 CALIBRATION, HOLDOUT = 273, 91  # 39 weeks, then 13
@@ -105,9 +105,9 @@ def test_spark_scoring_equals_pandas(spark, drawn):
     rows, _, params = drawn
     sample = rows.head(400).assign(user_id=[f"u{i}" for i in range(400)])
     sample = pd.concat([sample, pd.DataFrame({"user_id": ["never-paid"], "purchase_days": [0]})], ignore_index=True)
-    frame = spark.createDataFrame(sample[["user_id", *T.RFM_COLUMNS]].astype(
-        {c: "float64" for c in T.RFM_COLUMNS}))
+    frame = spark.createDataFrame(sample[["user_id", *training.RFM_COLUMNS]].astype(
+        {c: "float64" for c in training.RFM_COLUMNS}))
     scored = btyd.with_outputs(frame.repartition(3), params, HOLDOUT).toPandas().set_index("user_id")
     expected = btyd.predict(params, sample, HOLDOUT).set_index(sample["user_id"])
-    pd.testing.assert_frame_equal(scored.loc[expected.index, list(T.BTYD_OUTPUTS)], expected, check_names=False)
+    pd.testing.assert_frame_equal(scored.loc[expected.index, list(training.BTYD_OUTPUTS)], expected, check_names=False)
     assert scored.loc["never-paid", "btyd_purchases"] == 0.0 and np.isnan(scored.loc["never-paid", "btyd_p_alive"])

@@ -261,14 +261,14 @@ def test_purchase_rhythm_by_hand(spark):
 def test_the_benchmarks_duckdb_user_features_equal_golds(spark, events, lookback, tmp_path):
     # The bench times gold.user_features against its DuckDB rewrite (bench/baselines.py); the two
     # must compute the same rows, rhythm included, or the comparison means nothing.
-    from bench import baselines as B
+    from bench import baselines
 
     history = gold.user_platform_daily(events)
     events.write.partitionBy("event_date").parquet(str(tmp_path / "silver"))
     history.write.partitionBy("date").parquet(str(tmp_path / "daily"))
     files = lambda name: [str(p) for p in (tmp_path / name).rglob("*.parquet")]  # noqa: E731
-    sql = B.user_features_sql(files("silver"), files("daily"), AS_OF, lookback_days=10, period_days=5)
-    theirs = B.connect().execute(sql).df().set_index("user_id").sort_index()
+    sql = baselines.user_features_sql(files("silver"), files("daily"), AS_OF, lookback_days=10, period_days=5)
+    theirs = baselines.connect().execute(sql).df().set_index("user_id").sort_index()
     ours = gold.user_features(lookback, history, AS_OF, period_days=5).toPandas().set_index("user_id").sort_index()
     assert list(theirs.columns) == list(ours.columns)
     for col in ours.columns:

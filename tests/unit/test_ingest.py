@@ -5,7 +5,7 @@ import json
 import pytest
 
 from core.sources import java_charset
-from jobs import ingest as I
+from jobs import ingest as ingest_job
 from transforms.ingest import to_bronze
 
 
@@ -23,7 +23,7 @@ def test_lines_are_numbered_in_file_order_across_splits_and_tasks(spark, tmp_pat
         path = tmp_path / f"part-{f}.jsonl"
         path.write_text("".join(json.dumps({"file": f, "line": i}) + "\n" for i in range(1, 401)))
         files.append(str(path))
-    raw = I.read_records(spark, files, "text")
+    raw = ingest_job.read_records(spark, files, "text")
     assert raw.rdd.getNumPartitions() > len(files)  # the files really are split
     rows = to_bronze(raw, "p", "json", "b", dt.datetime(2026, 1, 1), partitions=partitions) \
         .select("source_file", "source_position", "raw").collect()
@@ -45,7 +45,7 @@ def test_exports_in_other_encodings_arrive_as_text_without_bom_or_blank_lines(sp
     data = "\r\n".join(body) + "\r\n"
     path.write_bytes(("\ufeff" + data if encoding == "gb18030" else data).encode(encoding))
     # WHEN it is read and turned into bronze rows with the mapping's encoding
-    rows = to_bronze(I.read_records(spark, [str(path)], "csv", java_charset(encoding)), "p", "csv", "b", dt.datetime(2026, 1, 1),
+    rows = to_bronze(ingest_job.read_records(spark, [str(path)], "csv", java_charset(encoding)), "p", "csv", "b", dt.datetime(2026, 1, 1),
                      csv_header=body[0].lstrip("\ufeff")).select("source_position", "raw").orderBy("source_position")
     # THEN each record is its own decoded line, numbered as in the file; the header, the BOM and
     # blank lines are gone

@@ -13,9 +13,8 @@ from sklearn.metrics import r2_score
 
 from core.settings import NetSettings
 from core.tables import EVENTS
-from ml import revenue as R
-from transforms import gold
-from transforms import training as T
+from ml import revenue
+from transforms import gold, training
 
 T0 = dt.date(2026, 1, 10)  # feature date; horizon 5 days -> labels from 01-11 to 01-15
 D = lambda day: dt.date(2026, 1, day)  # noqa: E731
@@ -32,15 +31,15 @@ def test_regressor_learns_a_planted_zero_inflated_relation():
     rng = np.random.default_rng(0)
     (x, y), (xv, yv), (xt, yt) = planted(3000, rng), planted(800, rng), planted(1500, rng)
     # WHEN the network is trained with early stopping
-    fit = R.fit(x, y, np.ones(len(y)), xv, yv, np.ones(len(yv)), np.zeros(6, bool), NetSettings(), seed=1)
-    predicted = R.predict(fit.model, xt)
+    fit = revenue.fit(x, y, np.ones(len(y)), xv, yv, np.ones(len(yv)), np.zeros(6, bool), NetSettings(), seed=1)
+    predicted = revenue.predict(fit.model, xt)
     # THEN it explains the held-out rows and stopped before the epoch cap with the best weights
     assert r2_score(yt, predicted) > 0.9
     assert fit.best_epoch < len(fit.history) <= NetSettings().max_epochs
     assert min(h[2] for h in fit.history) == pytest.approx(fit.history[fit.best_epoch - 1][2])
     # and the same seed gives the same model
-    again = R.fit(x, y, np.ones(len(y)), xv, yv, np.ones(len(yv)), np.zeros(6, bool), NetSettings(), seed=1)
-    np.testing.assert_allclose(R.predict(again.model, xt), predicted, rtol=1e-6)
+    again = revenue.fit(x, y, np.ones(len(y)), xv, yv, np.ones(len(yv)), np.zeros(6, bool), NetSettings(), seed=1)
+    np.testing.assert_allclose(revenue.predict(again.model, xt), predicted, rtol=1e-6)
 
 
 def test_cross_fitted_ensemble_is_calibrated_on_out_of_fold_predictions():
@@ -48,15 +47,15 @@ def test_cross_fitted_ensemble_is_calibrated_on_out_of_fold_predictions():
     (x, y), (xt, yt) = planted(2400, rng), planted(1000, rng)
     w = rng.choice([1.0, 4.0], len(y))
     fold = np.arange(len(y)) % 3
-    crossed = R.cross_fit(x, y, w, fold, np.zeros(6, bool), NetSettings(hidden=(32,)), seed=4)
+    crossed = revenue.cross_fit(x, y, w, fold, np.zeros(6, bool), NetSettings(hidden=(32,)), seed=4)
     # one member per fold, each early-stopped on its own fold
     assert len(crossed.model.members) == len(crossed.folds) == 3
     # calibrated out-of-fold predictions add up to the actual weighted total
     assert np.sum(w * crossed.out_of_fold) == pytest.approx(np.sum(w * y), rel=1e-6)
     # the ensemble is the calibration factor times the members' mean, and it generalises
-    members = np.mean([R.predict(f.model, xt) for f in crossed.folds], axis=0)
-    np.testing.assert_allclose(R.predict(crossed.model, xt), float(crossed.model.scale) * members, rtol=1e-5)
-    assert r2_score(yt, R.predict(crossed.model, xt)) > 0.9
+    members = np.mean([revenue.predict(f.model, xt) for f in crossed.folds], axis=0)
+    np.testing.assert_allclose(revenue.predict(crossed.model, xt), float(crossed.model.scale) * members, rtol=1e-5)
+    assert r2_score(yt, revenue.predict(crossed.model, xt)) > 0.9
 
 
 def test_the_total_is_calibrated_on_the_rows_asked_for():
@@ -67,14 +66,14 @@ def test_the_total_is_calibrated_on_the_rows_asked_for():
     latest = np.arange(len(y)) >= 1600
     y = np.where(latest, 1.5 * y, y)
     w, fold = np.ones(len(y)), np.arange(len(y)) % 3
-    crossed = R.cross_fit(x, y, w, fold, np.zeros(6, bool), NetSettings(hidden=(32,)), seed=4, calibrate=latest)
+    crossed = revenue.cross_fit(x, y, w, fold, np.zeros(6, bool), NetSettings(hidden=(32,)), seed=4, calibrate=latest)
     # THEN the calibrated total matches the latest rows' total, not the whole training set's
     assert np.sum(crossed.out_of_fold[latest]) == pytest.approx(np.sum(y[latest]), rel=1e-6)
     assert np.sum(crossed.out_of_fold) > 1.05 * np.sum(y)
 
 
 def test_the_network_imputes_missing_and_log_scales_inside_the_model():
-    model = R.RevenueNet(2, (4,), 0.0, np.array([True, False]), np.array([1.0, 5.0]), np.zeros(2), np.ones(2))
+    model = revenue.RevenueNet(2, (4,), 0.0, np.array([True, False]), np.array([1.0, 5.0]), np.zeros(2), np.ones(2))
     x = torch.tensor([[math.e - 1, float("nan")], [-(math.e - 1), 2.0]])
     np.testing.assert_allclose(model.prepare(x).numpy(), [[1.0, 5.0], [-1.0, 2.0]], rtol=1e-6)
 
@@ -82,12 +81,12 @@ def test_the_network_imputes_missing_and_log_scales_inside_the_model():
 def test_metrics_on_a_worked_example():
     actual = np.array([0.0, 10.0, 0.0, 30.0])
     # perfect order: Gini 1; reversed order: Gini -1
-    assert R.metrics(actual, actual)["gini"] == pytest.approx(1.0)
-    assert R.metrics(actual, -actual)["gini"] == pytest.approx(-1.0)
+    assert revenue.metrics(actual, actual)["gini"] == pytest.approx(1.0)
+    assert revenue.metrics(actual, -actual)["gini"] == pytest.approx(-1.0)
     # a constant prediction orders nothing, whatever the row order: Gini 0
-    assert R.metrics(actual, np.full(4, 7.0))["gini"] == pytest.approx(0.0)
-    assert R.metrics(actual[::-1], np.full(4, 7.0))["gini"] == pytest.approx(0.0)
-    m = R.metrics(actual, np.array([5.0, 5.0, 5.0, 25.0]))
+    assert revenue.metrics(actual, np.full(4, 7.0))["gini"] == pytest.approx(0.0)
+    assert revenue.metrics(actual[::-1], np.full(4, 7.0))["gini"] == pytest.approx(0.0)
+    m = revenue.metrics(actual, np.array([5.0, 5.0, 5.0, 25.0]))
     # errors 5, -5, 5, -5: RMSE 5, MAE 5; total 40 vs 40: 0 %
     assert (m["rmse"], m["mae"], m["total_error_pct"]) == pytest.approx((5.0, 5.0, 0.0))
 
@@ -97,19 +96,19 @@ def test_weights_count_as_copies_of_rows():
     actual, predicted = rng.gamma(0.5, 10, 40), rng.gamma(0.5, 10, 40)
     weight = rng.integers(1, 4, 40)
     copies = np.repeat(np.arange(40), weight)
-    weighted = R.metrics(actual, predicted, weight.astype(float))
-    expanded = R.metrics(actual[copies], predicted[copies])
+    weighted = revenue.metrics(actual, predicted, weight.astype(float))
+    expanded = revenue.metrics(actual[copies], predicted[copies])
     assert weighted == pytest.approx(expanded)
     assert weighted["spearman"] == pytest.approx(spearmanr(actual[copies], predicted[copies]).statistic)
 
 
 def test_deciles_cut_the_weighted_population_into_tenths():
     values = np.arange(20.0)
-    table = R.deciles(values, values, np.ones(20))
+    table = revenue.deciles(values, values, np.ones(20))
     assert table["decile"].tolist() == list(range(1, 11))
     assert table["mean_actual"].tolist() == [0.5 + 2 * i for i in range(10)]
     # weights count as copies: a row of weight 2 fills a decile alone
-    weighted = R.deciles(np.arange(10.0), np.arange(10.0), np.full(10, 2.0))
+    weighted = revenue.deciles(np.arange(10.0), np.arange(10.0), np.full(10, 2.0))
     assert weighted["population"].tolist() == [2.0] * 10
 
 
@@ -118,40 +117,40 @@ def test_the_champion_rule_picks_an_eligible_winner_and_keeps_a_better_champion(
     cands = {"torch": {"gini": 0.80, "total_error_pct": 12.0}, "hgb": {"gini": 0.70, "total_error_pct": -6.0},
              "linear": {"gini": 0.60, "total_error_pct": 1.0}, "naive": {"gini": 0.50, "total_error_pct": 8.0}}
     # WHEN no champion exists yet
-    first = R.choose(cands, None)
+    first = revenue.choose(cands, None)
     # THEN the eligible (|total error| <= naive's 8 %) with the best Gini wins and is promoted
     assert (first.winner, first.promote) == ("hgb", True)
     assert first.reasons[0] == "winner hgb: Gini 0.7000, highest of eligible hgb, linear, naive"
     assert "torch not eligible: |total error| 12.00% > naive 8.00%" in first.reasons
     # a champion that is eligible on this split and ranks better stays
-    kept = R.choose(cands, {"gini": 0.72, "total_error_pct": 3.0})
+    kept = revenue.choose(cands, {"gini": 0.72, "total_error_pct": 3.0})
     assert not kept.promote and kept.reasons[-1] == "Gini 0.7000 <= champion 0.7200: the champion stays"
     # a champion whose total error is now worse than naive's is replaced whatever its Gini
-    assert R.choose(cands, {"gini": 0.95, "total_error_pct": 30.0}).promote
+    assert revenue.choose(cands, {"gini": 0.95, "total_error_pct": 30.0}).promote
     # naive is always eligible: with every model off on totals, it wins
     off = {k: {**v, "total_error_pct": 50.0} for k, v in cands.items() if k != "naive"}
-    assert R.choose({**off, "naive": cands["naive"]}, None).winner == "naive"
+    assert revenue.choose({**off, "naive": cands["naive"]}, None).winner == "naive"
     # a tie on Gini goes to the network
     tie = {"torch": {"gini": 0.7, "total_error_pct": 1.0}, "hgb": {"gini": 0.7, "total_error_pct": 1.0},
            "naive": {"gini": 0.5, "total_error_pct": 8.0}}
-    assert R.choose(tie, None).winner == "torch"
+    assert revenue.choose(tie, None).winner == "torch"
 
 
 def test_naive_baseline_scales_the_last_period_and_informative_drops_flat_columns():
     x = np.array([[1.0, np.nan, 5.0, 2.0], [2.0, np.nan, 5.0, np.nan], [3.0, np.nan, 5.0, 4.0]])
-    assert R.NaiveRevenue(column=0, factor=3.0).predict(x).tolist() == [3.0, 6.0, 9.0]
-    assert R.NaiveRevenue(column=3, factor=1.0).predict(x).tolist() == [2.0, 0.0, 4.0]  # missing: no revenue
-    assert R.informative(x).tolist() == [True, False, False, True]
+    assert revenue.NaiveRevenue(column=0, factor=3.0).predict(x).tolist() == [3.0, 6.0, 9.0]
+    assert revenue.NaiveRevenue(column=3, factor=1.0).predict(x).tolist() == [2.0, 0.0, 4.0]  # missing: no revenue
+    assert revenue.informative(x).tolist() == [True, False, False, True]
 
 
 def test_feature_dates_keep_training_labels_out_of_the_test_window():
-    train, test = T.feature_dates(dt.date(2026, 6, 30), dt.date(2026, 3, 1), horizon=30, windows=4, step=7,
+    train, test = training.feature_dates(dt.date(2026, 6, 30), dt.date(2026, 3, 1), horizon=30, windows=4, step=7,
                                   min_history=28)
     assert test == dt.date(2026, 5, 31)
     assert train == [dt.date(2026, 4, 10), dt.date(2026, 4, 17), dt.date(2026, 4, 24), dt.date(2026, 5, 1)]
     assert max(train) + dt.timedelta(days=30) <= test
     # too little history drops the early dates
-    assert T.feature_dates(dt.date(2026, 6, 30), dt.date(2026, 4, 10), 30, 4, 7, 14)[0] == [dt.date(2026, 4, 24),
+    assert training.feature_dates(dt.date(2026, 6, 30), dt.date(2026, 4, 10), 30, 4, 7, 14)[0] == [dt.date(2026, 4, 24),
                                                                                              dt.date(2026, 5, 1)]
 
 
@@ -188,9 +187,9 @@ def events(spark, rows):
 
 
 def user_table(spark, rows):
-    spec = T.user_spec(PLATFORMS, CATEGORIES)
+    spec = training.user_spec(PLATFORMS, CATEGORIES)
     evs = events(spark, rows)
-    df = T.user_rows(evs, gold.user_platform_daily(evs), T0, 5, 10, 5, spec, PLATFORMS, CATEGORIES)
+    df = training.user_rows(evs, gold.user_platform_daily(evs), T0, 5, 10, 5, spec, PLATFORMS, CATEGORIES)
     return {r.user_id: r.asDict() for r in df.collect()}, spec
 
 
@@ -204,17 +203,17 @@ def test_user_rows_label_the_next_horizon_and_use_nothing_after_t(spark):
     leaked, _ = user_table(spark, EVENTS_ROWS + LATE)
     assert sorted(leaked) == ["u1", "u2"]
     carried = [c for c in rows["u1"] if c != "label"]  # the features and the RFM summary of BTYD
-    assert set(spec.features) - set(carried) == set(T.BTYD_OUTPUTS)  # added later, from the summary
+    assert set(spec.features) - set(carried) == set(training.BTYD_OUTPUTS)  # added later, from the summary
     for user in ("u1", "u2"):
         assert {f: leaked[user][f] for f in carried} == {f: rows[user][f] for f in carried}
     assert leaked["u1"]["label"] == 37.0 + 999.0 and leaked["u2"]["label"] == 0.0
 
 
 def test_pair_rows_label_the_next_horizon_and_use_nothing_after_t(spark):
-    spec = T.pair_spec(PLATFORMS, CATEGORIES)
+    spec = training.pair_spec(PLATFORMS, CATEGORIES)
 
     def table(rows):
-        df = T.pair_rows(events(spark, rows), T0, 5, 10, 5, {"completion": 1.0}, spec, PLATFORMS, CATEGORIES)
+        df = training.pair_rows(events(spark, rows), T0, 5, 10, 5, {"completion": 1.0}, spec, PLATFORMS, CATEGORIES)
         return {(r.creator_id, r.platform): r.asDict() for r in df.collect()}
 
     plain, leaked = table(EVENTS_ROWS), table(EVENTS_ROWS + LATE)
@@ -233,7 +232,7 @@ def test_stratified_sample_caps_rows_and_weights_restore_the_totals(spark):
     rows = spark.range(2050).selectExpr("cast(id as string) as user_id",
                                         "case when id < 2000 then 'big' else 'small' end as stratum")
     # WHEN at most about 400 rows are kept
-    sample = T.stratified_sample(rows, ["stratum"], 400, seed=3, keys=["user_id"]).cache()
+    sample = training.stratified_sample(rows, ["stratum"], 400, seed=3, keys=["user_id"]).cache()
     got = {r.stratum: (r.n, r.w, r.lo, r.hi) for r in sample.groupBy("stratum").agg(
         F.count("*").alias("n"), F.sum("weight").alias("w"), F.min("weight").alias("lo"),
         F.max("weight").alias("hi")).collect()}
@@ -243,7 +242,7 @@ def test_stratified_sample_caps_rows_and_weights_restore_the_totals(spark):
     n, w, lo, hi = got["big"]
     assert 150 <= n <= 250 and lo == hi == 10.0 and 1500 <= w <= 2500
     # and the draw is the same whatever the partitioning
-    again = T.stratified_sample(rows.repartition(7), ["stratum"], 400, seed=3, keys=["user_id"])
+    again = training.stratified_sample(rows.repartition(7), ["stratum"], 400, seed=3, keys=["user_id"])
     assert sorted(r.user_id for r in again.collect()) == sorted(r.user_id for r in sample.collect())
 
 
@@ -259,8 +258,8 @@ def test_every_candidate_round_trips_through_the_registry(tmp_path):
     rng = np.random.default_rng(5)
     x, y = planted(600, rng)
     net = NetSettings(hidden=(8,), max_epochs=5)
-    model = R.cross_fit(x, y, np.ones(len(y)), np.arange(600) % 2, np.zeros(6, bool), net, seed=2).model
-    baselines = R.fit_baselines(x, y, np.ones(len(y)), np.zeros(6, bool), seed=2, naive_column=1, naive_factor=2.0,
+    model = revenue.cross_fit(x, y, np.ones(len(y)), np.arange(600) % 2, np.zeros(6, bool), net, seed=2).model
+    baselines = revenue.fit_baselines(x, y, np.ones(len(y)), np.zeros(6, bool), seed=2, naive_column=1, naive_factor=2.0,
                                 btyd_columns=(2, 3))
     frame = pd.DataFrame(x[:50], columns=[f"f{i}" for i in range(6)])
     frame.iloc[0, 1] = np.nan
@@ -271,7 +270,7 @@ def test_every_candidate_round_trips_through_the_registry(tmp_path):
         uris = log_candidates(model, baselines, frame)
     assert sorted(uris) == ["btyd", "hgb", "linear", "naive", "torch"]
     client = MlflowClient()
-    for candidate, expected in (("torch", R.predict(model, frame.to_numpy())),
+    for candidate, expected in (("torch", revenue.predict(model, frame.to_numpy())),
                                 ("hgb", baselines["hgb"].predict(frame.to_numpy())),
                                 ("naive", np.nan_to_num(frame["f1"].to_numpy()) * 2.0),
                                 ("btyd", frame["f2"].to_numpy() * frame["f3"].to_numpy())):
@@ -289,7 +288,7 @@ def test_backtest_splits_the_totals_by_decile_and_cohort():
     actual = np.arange(20, dtype=float)
     w = np.full(20, 2.0)
     cohort = np.array(["2026-01"] * 5 + ["2026-02"] * 15)
-    table = R.backtest(actual, {"torch": actual * 1.5, "btyd": actual}, w, cohort)
+    table = revenue.backtest(actual, {"torch": actual * 1.5, "btyd": actual}, w, cohort)
     # THEN every segment adds up to the weighted totals, and each model keeps its own column
     for segment in ("decile", "cohort", "all"):
         part = table[table["segment"] == segment]
