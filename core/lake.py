@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 from delta.exceptions import DeltaConcurrentModificationException
 from delta.tables import DeltaTable
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 
+from core import tables as contracts
 from core.errors import MissingInput
 from core.settings import Settings
 from core.tables import Table
@@ -108,10 +111,98 @@ def exists(spark: SparkSession, settings: Settings, table: Table) -> bool:
     return DeltaTable.isDeltaTable(spark, path_of(settings, table))
 
 
-def register(spark: SparkSession, settings: Settings, table: Table) -> None:
-    """Make ``<layer>.<name>`` resolvable in Spark SQL for this session."""
+# Every table core declares, data tables and run logs: the names a session built for a lake
+# can query (evaluation's truth tables are named by the job that writes them).
+CATALOG_TABLES = tuple(t for t in vars(contracts).values() if isinstance(t, Table))
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What the session's catalog holds under a ``<layer>.<name>``: where, and whether it is an
+    external (LOCATION) table, the only kind whose DROP leaves the files alone."""
+    location: str
+    external: bool
+
+
+def _qualified_location(spark: SparkSession, path: str) -> str:
+    """``path`` as the catalog writes locations (``file:/...``, ``s3a://bucket/...``)."""
+    fs, hpath = filesystem(spark, path)
+    return str(fs.makeQualified(hpath).toString()).rstrip("/")
+
+
+def _registrations(spark: SparkSession, layer: str, name: str = "*") -> dict[str, Registration]:
+    """The catalog's tables in schema ``layer`` (``name``: one, or every one), by qualified name.
+
+    SHOW TABLE EXTENDED answers from the catalog alone (DESCRIBE would load each Delta table:
+    it fails on a table whose files are gone), so this costs no read of the lake."""
+    if not spark.catalog.databaseExists(layer):
+        return {}
+    found = {}
+    for row in spark.sql(f"SHOW TABLE EXTENDED IN {layer} LIKE '{name}'").collect():
+        if row["isTemporary"]:
+            continue
+        info = dict(line.split(": ", 1) for line in row["information"].splitlines() if ": " in line)
+        if "Location" in info:
+            found[f"{layer}.{row['tableName']}"] = Registration(info["Location"].rstrip("/"),
+                                                                info.get("Type", "").upper() == "EXTERNAL")
+    return found
+
+
+def _point(spark: SparkSession, table: Table, path: str, current: Registration | None) -> bool:
+    """Make ``table.qualified`` name the Delta table at ``path``; returns whether it does."""
+    if current is not None and current.location == _qualified_location(spark, path):
+        return True
+    if current is not None and not current.external:
+        # A managed table's DROP deletes its data; it is not one of ours, so it is left alone.
+        log.warning("%s is a managed table at %s, not the lake's %s: left as it is; read the lake's "
+                    "table with delta.`%s`", table.qualified, current.location, path, path)
+        return False
     spark.sql(f"CREATE SCHEMA IF NOT EXISTS {table.layer}")
-    spark.sql(f"CREATE TABLE IF NOT EXISTS {table.qualified} USING DELTA LOCATION '{path_of(settings, table)}'")
+    if current is not None:
+        log.info("%s: now the table at %s (was %s)", table.qualified, path, current.location)
+        # External: only the catalog entry goes; the other lake's files stay as they are.
+        spark.sql(f"DROP TABLE {table.qualified}")
+    location = path.replace("\\", "\\\\").replace("'", "\\'")
+    spark.sql(f"CREATE TABLE IF NOT EXISTS {table.qualified} USING DELTA LOCATION '{location}'")
+    return True
+
+
+def register(spark: SparkSession, settings: Settings, table: Table) -> None:
+    """Make ``<layer>.<name>`` in Spark SQL name this settings' table, re-pointing the name if it
+    named another lake's: the lake written or opened last wins, so bare names mean the lake in use.
+    Costs a catalog look-up when the name is right already (every write calls it)."""
+    current = (_registrations(spark, table.layer, table.name).get(table.qualified)
+               if spark.catalog.tableExists(table.qualified) else None)
+    _point(spark, table, path_of(settings, table), current)
+
+
+def register_lake(spark: SparkSession, settings: Settings) -> list[str]:
+    """Name every table of this settings' lake in the session's catalog; returns the names.
+
+    One CREATE TABLE ... LOCATION per table that exists (Delta reads the table's log for its
+    schema, no data file), none for a name that is right already. A name whose table this lake
+    lacks is dropped if it names another lake's, so that a query fails rather than read the other
+    lake (its files stay)."""
+    layers = dict.fromkeys(t.layer for t in CATALOG_TABLES)
+    current: dict[str, Registration] = {}
+    for layer in layers:
+        current.update(_registrations(spark, layer))
+    named = []
+    for table in CATALOG_TABLES:
+        path = path_of(settings, table)
+        fs, log_dir = filesystem(spark, f"{path}/_delta_log")
+        registration = current.get(table.qualified)
+        if fs.exists(log_dir):
+            try:
+                if _point(spark, table, path, registration):
+                    named.append(table.qualified)
+            except AnalysisException as err:  # a damaged table: the job that reads it says so
+                log.warning("%s at %s not registered: %s", table.qualified, path, str(err).splitlines()[0][:300])
+        elif registration is not None and registration.external:
+            log.info("%s: dropped from the catalog (it named %s; this lake has no such table)",
+                     table.qualified, registration.location)
+            spark.sql(f"DROP TABLE {table.qualified}")
+    return named
 
 
 def ensure(spark: SparkSession, settings: Settings, table: Table) -> DeltaTable:

@@ -108,7 +108,8 @@ def session_conf(settings: Settings, submitted: dict[str, str] | None = None) ->
 
 
 def build_session(settings: Settings):
-    """Build (or return the running) SparkSession for these settings."""
+    """Build (or return the running) SparkSession for these settings, with every table of their
+    lake named ``<layer>.<name>`` in its catalog (the lake built last wins a name)."""
     # Local mode: Python workers (pandas UDFs, model scoring) must run this interpreter (the
     # project's venv), not whatever `python3` is first on PATH; PySpark reads PYSPARK_PYTHON
     # when it creates the context. On a cluster spark-submit's environment decides.
@@ -117,6 +118,13 @@ def build_session(settings: Settings):
     conf = session_conf(settings, submitted_conf())
     spark = _base_builder(settings.spark.app_name, settings.spark.master, conf).getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    # Spark's catalog lives in the session's memory: every session names the lake's tables
+    # itself, so that `select ... from silver.events` reads this settings' lake in any session,
+    # not only in the one that wrote it. Imported here, like pyspark above: core.lake imports
+    # pyspark and delta, and `python -m core.session --fetch-jars` or deploy need neither.
+    from core.lake import register_lake
+
+    register_lake(spark, settings)
     return spark
 
 
