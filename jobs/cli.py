@@ -143,7 +143,7 @@ def input_value(args: argparse.Namespace) -> dict:
 # -- the ipsynergy command ----------------------------------------------------
 # command -> module under jobs/; each module's docstring gives its line in --help.
 COMMANDS = {"check": "check", **{stage: stage for stage in STAGES}, "pipeline": "pipeline", "evaluate": "evaluate",
-            "mlflow-ui": "mlflow_ui", "deploy": "deploy"}
+            "sql": "sql", "export": "export", "mlflow-ui": "mlflow_ui", "deploy": "deploy"}
 
 
 def _summary_line(module: str) -> str:

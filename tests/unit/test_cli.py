@@ -13,7 +13,7 @@ BIN = Path(sys.executable).parent
 def test_help_lists_every_job_with_its_summary(capsys):
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
-    for name in ("check", *STAGES, "pipeline", "mlflow-ui", "deploy"):
+    for name in ("check", *STAGES, "pipeline", "evaluate", "sql", "export", "mlflow-ui", "deploy"):
         line = next((l for l in out.splitlines() if l.strip().startswith(f"{name} ")), None)
         assert line and len(line.split(None, 1)[1]) > 20, f"{name} missing or without a summary in:\n{out}"
     # every command is a module with a main: nothing listed that cannot run
