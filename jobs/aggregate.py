@@ -106,9 +106,8 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
 
     start = gold.lookback_start(as_of, cfg.lookback_days)
     period_start = gold.lookback_start(as_of, cfg.period_days)
-    # Features, Q and E all read the lookback window: scan it once, cached on local disk. Cached
-    # in memory too, its blocks ran a 640 MB driver out of heap at 10^7 events (the 4 GB driver's
-    # out-of-heap at 10^8 may have the same cause); on disk it is as fast, and faster than no cache.
+    # Features, Q and E all read the lookback window: scan it once, cached on local disk (kept in
+    # memory, its blocks can run a small driver out of heap; on disk it is as fast).
     lookback = gold.window(silver, start, as_of).persist(StorageLevel.DISK_ONLY)
     period = gold.window(lookback, period_start, as_of)
     history = lake.read(spark, settings, USER_PLATFORM_DAILY)
@@ -130,6 +129,13 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
     log_row = spark.createDataFrame([(as_of, silver_version, horizon, len(dates), full)], AGGREGATE_LOG.schema)
     summary.table(AGGREGATE_LOG.qualified, lake.upsert(spark, settings, AGGREGATE_LOG, log_row))
 
+    _closing_notes(spark, settings, summary, start, period_start)
+    return summary
+
+
+def _closing_notes(spark: SparkSession, settings: Settings, summary: Summary, start, period_start) -> None:
+    """What the run wrote for --as-of: users and creators scored, the windows, each platform's E(P) and revenue."""
+    as_of, cfg = settings.as_of, settings.gold
     features, quality, plat = (lake.read(spark, settings, t).where(F.col("as_of_date") == F.lit(as_of))
                                for t in (USER_FEATURES, CREATOR_QUALITY, PLATFORM_PERIOD))
     summary.count("users with features", features.count())
@@ -140,7 +146,6 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
         e_p = "n/a" if r.e_p is None else f"{r.e_p:.3f}"
         summary.note(f"{r.platform:<12} E(P) {e_p}  R_P {r.r_p:>12,.2f}  revenue {float(r.revenue):>12,.2f}  "
                      f"active users {r.active_users:,}  ARPU {r.arpu or 0:,.2f}")
-    return summary
 
 
 def main(argv: list[str] | None = None) -> int:

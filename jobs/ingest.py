@@ -15,6 +15,7 @@ import datetime as dt
 import hashlib
 import logging
 import sys
+from functools import reduce
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
@@ -112,9 +113,36 @@ def _first_line(err: BaseException) -> str:
     return named[0][:400]
 
 
+def read_kind(spark: SparkSession, settings: Settings, new: list, kind: str, batch_id: str,
+              ingested_at: dt.datetime) -> DataFrame | None:
+    """The new files of one kind (events, accounts) from every platform, as one bronze batch;
+    None if there are none. A platform without a mapping for the kind goes in as text, which
+    refine quarantines as unknown_platform."""
+    mappings = settings.platforms
+    frames = []
+    for platform in sorted({f[0] for f in new if f[1] == kind}):
+        files = [f[2] for f in new if f[0] == platform and f[1] == kind]
+        mapping: PlatformMapping | None = mappings.get(platform)
+        part = mapping.parts.get(kind) if mapping else None
+        if part is None:
+            where = (f"no mapping in {settings.platforms_dir or 'conf/platforms'}" if mapping is None
+                     else f"no '{kind}:' block in its mapping")
+            log.warning("ingest: %s has %s; its %d %s file(s) go to bronze as text and will be quarantined "
+                        "as unknown_platform", platform, where, len(files), kind)
+            fmt, header, charset = "text", None, "UTF-8"
+        else:
+            fmt, charset = mapping.format, mapping.charset
+            header = part.separator.join(part.columns) if fmt == "csv" and part.columns else None
+        log.info("ingest: reading %d %s file(s) of %s (%s, %s)", len(files), kind, platform, fmt, charset)
+        frames.append(to_bronze(read_records(spark, files, fmt, charset), platform, fmt,
+                                batch_id, ingested_at, header, partitions=len(files)))
+    if not frames:
+        return None
+    return reduce(DataFrame.unionByName, frames)
+
+
 def execute(spark: SparkSession, settings: Settings, summary: Summary, input_root: str | None = None) -> Summary:
     root = input_root or settings.raw_root
-    mappings = settings.platforms
     listing = list_files(spark, root)
     if lake.exists(spark, settings, INGEST_MANIFEST):
         seen = {(r.source_file, r.size_bytes, r.modified_ms)
@@ -132,31 +160,11 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, input_roo
     ingested_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     manifest_rows = []
     for kind, table in KINDS.items():
-        frames = []
-        for platform in sorted({f[0] for f in new if f[1] == kind}):
-            files = [f[2] for f in new if f[0] == platform and f[1] == kind]
-            mapping: PlatformMapping | None = mappings.get(platform)
-            part = mapping.parts.get(kind) if mapping else None
-            if part is None:
-                where = (f"no mapping in {settings.platforms_dir or 'conf/platforms'}" if mapping is None
-                         else f"no '{kind}:' block in its mapping")
-                log.warning("ingest: %s has %s; its %d %s file(s) go to bronze as text and will be quarantined "
-                            "as unknown_platform", platform, where, len(files), kind)
-                fmt, header, charset = "text", None, "UTF-8"
-            else:
-                fmt, charset = mapping.format, mapping.charset
-                header = part.separator.join(part.columns) if fmt == "csv" and part.columns else None
-            log.info("ingest: reading %d %s file(s) of %s (%s, %s)", len(files), kind, platform, fmt, charset)
-            frames.append(to_bronze(read_records(spark, files, fmt, charset), platform, fmt,
-                                    batch_id, ingested_at, header, partitions=len(files)))
-        if not frames:
+        batch = read_kind(spark, settings, new, kind, batch_id, ingested_at)
+        if batch is None:
             continue
-        batch = frames[0]
-        for f in frames[1:]:
-            batch = batch.unionByName(f)
         # Read once for the per-file counts and the MERGE. On disk only: a batch can be far larger
-        # than memory, and unrolling it into memory competed with the line-numbering sort for
-        # the heap (10^8 events ran the local driver out of memory).
+        # than memory, and unrolling it into memory competes with the line-numbering sort for the heap.
         batch = batch.persist(StorageLevel.DISK_ONLY)
         stats = batch.groupBy("source_file").agg(F.count("*").alias("n"), F.max("source_position").alias("last")).collect()
         per_file = {r.source_file: r.n for r in stats}
