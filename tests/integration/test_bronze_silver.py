@@ -77,6 +77,9 @@ def test_silver_is_unique_on_event_key_and_within_constraints(spark, run):
     ev = lake.read(spark, settings, EVENTS)
     assert ev.count() == ev.select("event_key").distinct().count()
     assert ev.where("event_type <> 'refund' AND amount < 0").count() == 0
+    # The bare name resolves through the session's catalog, and the session may have written
+    # other lakes since this one: name this lake's table first, as opening a lake does.
+    lake.register(spark, settings, EVENTS)
     assert spark.sql("select count(*) from silver.events").first()[0] == ev.count()
 
 

@@ -1,7 +1,7 @@
 """jobs.personas on the small generated lake: every user gets one persona, profiles add up,
 MLflow holds every candidate and a model that reproduces the table, transitions between two
 as_of dates, and the planted personas are recovered."""
-import datetime as dt
+import shutil
 
 import mlflow
 import mlflow.spark
@@ -12,33 +12,16 @@ from core import lake
 from core.tables import IDENTITY_MAP, PERSONA_PROFILES, PERSONA_TRANSITIONS, USER_FEATURES, USER_PERSONAS
 from evaluation import recovery
 from evaluation.truth import TRUTH_ACCOUNTS
-from jobs import aggregate, evaluate, personas
+from jobs import evaluate, personas
 from jobs.cli import Summary
 from ml import personas as P
-from tests.conftest import persisted_rdds
-
-FIRST, AS_OF = dt.date(2026, 6, 20), dt.date(2026, 6, 30)
-OVERRIDES = {"k_min": 3, "k_max": 5, "restarts": 1}
-
-
-def at(settings, as_of):
-    return settings.model_copy(update={"as_of": as_of, "personas": settings.personas.model_copy(update=OVERRIDES)})
+from tests.conftest import AS_OF, FIRST, SMALL, make_settings, personas_settings
 
 
 @pytest.fixture(scope="module")
-def cached_before(spark, small_lake):
-    return persisted_rdds(spark)
-
-
-@pytest.fixture(scope="module")
-def runs(spark, small_lake, cached_before):
-    settings, _ = small_lake
-    for as_of in (FIRST, AS_OF):  # gold exists when test_gold ran before; build it otherwise
-        if not lake.exists(spark, settings, USER_FEATURES) or \
-                lake.read(spark, settings, USER_FEATURES).where(F.col("as_of_date") == F.lit(as_of)).limit(1).count() == 0:
-            aggregate.execute(spark, at(settings, as_of), Summary("aggregate"))
-    first = personas.execute(spark, at(settings, FIRST), Summary("personas"))
-    second = personas.execute(spark, at(settings, AS_OF), Summary("personas"))
+def runs(small_personas):
+    """(settings, first, second): the shared lake's personas as of FIRST, then AS_OF."""
+    settings, first, second, _ = small_personas
     return settings, first, second
 
 
@@ -46,11 +29,11 @@ def slice_of(spark, settings, table, as_of=AS_OF):
     return lake.read(spark, settings, table).where(F.col("as_of_date") == F.lit(as_of))
 
 
-def test_the_runs_leave_nothing_cached(spark, runs, cached_before):
-    # First in the module, right after the runs (and the aggregate runs, when they built gold).
-    # The session outlives a job (make run, the bench run every stage in one), and the K-means
-    # input once stayed cached.
-    assert persisted_rdds(spark, since=cached_before) == {}
+def test_the_runs_leave_nothing_cached(small_personas):
+    # Taken right after the runs (by the fixture that made them). The session outlives a job
+    # (make run, the bench run every stage in one), and the K-means input once stayed cached.
+    _, _, _, left_cached = small_personas
+    assert left_cached == {}
 
 
 def test_every_user_gets_exactly_one_persona(spark, runs):
@@ -107,25 +90,30 @@ def test_transitions_account_for_every_user_of_both_runs(spark, runs):
     assert any("transitions from 2026-06-20" in n for n in second.notes)
 
 
-def test_rerun_replaces_the_slice(spark, runs):
+def test_rerun_replaces_the_slice(spark, runs, tmp_path):
+    # On a copy of the shared lake (its own MLflow store): the other tests, and train and score,
+    # read the shared lake's personas as the runs above left them.
     settings, _, _ = runs
+    shutil.copytree(settings.lake_root, tmp_path / "lake", ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
+    copy = make_settings(tmp_path / "lake", *SMALL)
     # one candidate k is enough to show the slice is replaced, not appended to
-    one_k = at(settings, AS_OF)
+    one_k = personas_settings(copy, AS_OF)
     one_k = one_k.model_copy(update={"personas": one_k.personas.model_copy(update={"k_min": 4, "k_max": 4})})
     personas.execute(spark, one_k, Summary("personas"))
-    got = slice_of(spark, settings, USER_PERSONAS)
+    got = slice_of(spark, copy, USER_PERSONAS)
     assert got.count() == got.select("user_id").distinct().count()
-    assert slice_of(spark, settings, PERSONA_PROFILES).select("persona_id").distinct().count() == \
-        slice_of(spark, settings, PERSONA_PROFILES).count()
+    assert slice_of(spark, copy, PERSONA_PROFILES).select("persona_id").distinct().count() == \
+        slice_of(spark, copy, PERSONA_PROFILES).count()
 
 
 def test_planted_personas_are_recovered(spark, runs):
     settings, _, second = runs
     assigned = slice_of(spark, settings, USER_PERSONAS)
     ari = recovery.personas(assigned, lake.read(spark, settings, IDENTITY_MAP), lake.read(spark, settings, TRUTH_ACCOUNTS))
-    # A regression guard far above chance (~0): with 150 people, after test_bronze_silver merged
-    # two of them, the suite measures 0.48 here (0.76 on a fresh small lake). The recovery bar
-    # (>= 0.8) is met on `make run`'s 3,000 people: 0.97 (README). Raising this is an open task.
+    # A regression guard far above chance (~0): with 150 people make test measures 0.68 here (a
+    # run with the slow tests can measure less: test_bronze_silver's re-keying may merge two people
+    # first). The recovery bar (>= 0.8) is met on `make run`'s 3,000 people: 0.97 (README).
+    # Raising this is an open task.
     assert ari >= 0.4
     assert not any("planted" in n for n in second.notes)  # the personas job never reads the truth
     shown = evaluate.execute(spark, settings, Summary("evaluate")).notes

@@ -1,12 +1,9 @@
-"""jobs.score on the small generated lake (after the gold, personas and train modules): every
+"""jobs.score on the small generated lake (after aggregate, personas and train: small_scored): every
 user scored exactly once with the champion's own predictions and full lineage, the synergy
 and revenue tables add up, and re-scoring replaces the slice with identical content."""
-import datetime as dt
-
 import mlflow
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 
 from core import lake, tracking
@@ -20,12 +17,12 @@ from core.tables import (
     USER_PERSONAS,
     USER_REVENUE_SCORES,
 )
-from jobs import aggregate, personas, score, train
+from jobs import score
 from jobs.cli import Summary
+from tests.conftest import AS_OF
 from transforms import scoring as S
 from transforms import training as T
 
-AS_OF = dt.date(2026, 6, 30)
 TABLES = (USER_REVENUE_SCORES, SYNERGY_SCORES, REVENUE_METRICS)
 
 
@@ -41,32 +38,11 @@ def rows(spark, settings, table):
 
 
 @pytest.fixture(scope="module")
-def scored(spark, small_lake):
-    settings, _ = small_lake
-    if not lake.exists(spark, settings, USER_FEATURES) or slice_of(spark, settings, USER_FEATURES).limit(1).count() == 0:
-        aggregate.execute(spark, settings.model_copy(update={"as_of": AS_OF}), Summary("aggregate"))
-    settings = settings.model_copy(update={"as_of": AS_OF})
-    if not lake.exists(spark, settings, USER_PERSONAS) or slice_of(spark, settings, USER_PERSONAS).limit(1).count() == 0:
-        quick = settings.personas.model_copy(update={"k_min": 3, "k_max": 4, "restarts": 1})
-        personas.execute(spark, settings.model_copy(update={"personas": quick}), Summary("personas"))
-    tracking.experiment(settings, "revenue")
-    client = MlflowClient()
-    if not client.search_model_versions(f"name = '{tracking.model_name(settings, 'user_revenue')}'"):
-        quick = settings.train.model_copy(update={"min_history_days": 7, "windows": 2, "folds": 2,
-                                                  "net": settings.train.net.model_copy(update={"max_epochs": 10})})
-        train.execute(spark, settings.model_copy(update={"train": quick}), Summary("train"))
-    champions = {}
-    for model in ("user_revenue", "creator_platform_revenue"):
-        # Scoring uses whatever is @champion; the train module may not have promoted a model
-        # trained on this tiny lake, so promote its latest version here if needed.
-        name = tracking.model_name(settings, model)
-        try:
-            champions[model] = client.get_model_version_by_alias(name, "champion")
-        except mlflow.exceptions.MlflowException:
-            latest = max(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
-            client.set_registered_model_alias(name, "champion", latest.version)
-            champions[model] = client.get_model_version_by_alias(name, "champion")
-    summary = score.execute(spark, settings, Summary("score"))
+def scored(spark, small_scored):
+    """The shared lake scored as of AS_OF (the slices as that run wrote them: nothing else
+    writes these tables), then scored again here."""
+    settings, champions, summary = small_scored
+    tracking.experiment(settings, "revenue")  # the tests read the shared lake's MLflow store
     first = {t.name: rows(spark, settings, t) for t in TABLES}
     versions = {t.name: lake.version(spark, settings, t) for t in TABLES}
     score.execute(spark, settings, Summary("score"))

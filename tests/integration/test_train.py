@@ -19,14 +19,10 @@ BTYD_KEYS = {f"baseline_btyd_test_{m}" for m in R.METRICS}
 
 
 @pytest.fixture(scope="module")
-def runs(spark, small_lake):
-    base, _ = small_lake
-    # The small lake starts 2026-04-01: allow short histories; two training dates; a small,
-    # quick network.
-    settings = base.model_copy(update={"train": base.train.model_copy(update={
-        "min_history_days": 7, "windows": 2, "folds": 2,
-        "net": base.train.net.model_copy(update={"hidden": (16,), "max_epochs": 25, "patience": 6})})})
-    first = train.execute(spark, settings, Summary("train"))
+def runs(spark, small_trained):
+    """(settings, first, second, runs found): the shared lake's training (both models), then a
+    rerun of the user model here, on the same data version and seed."""
+    settings, first = small_trained
     second = train.execute(spark, settings, Summary("train"), models=("user_revenue",))
     tracking.experiment(settings, "revenue")
     found = mlflow.search_runs(experiment_names=[f"{settings.mlflow.experiment_prefix}-revenue"],
