@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 
 from core import lake, tracking
 from core.tables import USER_REVENUE_SCORES
-from ml import revenue as R
+from ml import revenue
 from tests.exports import purchase_log
 from tests.integration.test_own_exports import run_date_of, run_pipeline
 
@@ -31,7 +31,7 @@ def test_btyd_shaped_purchase_log_is_forecast_as_well_as_btyd(spark, tmp_path):
     assert run.data.params["test_date"] == "1997-09-30"  # features as of week 39, labels weeks 40-52
 
     def scores(prefix):
-        return {m: run.data.metrics[f"{prefix}{m}"] for m in R.METRICS}
+        return {m: run.data.metrics[f"{prefix}{m}"] for m in revenue.METRICS}
 
     btyd, torch = scores("baseline_btyd_test_"), scores("test_")
     winner = champion.tags["candidate"]

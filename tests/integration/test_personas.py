@@ -14,7 +14,7 @@ from evaluation import recovery
 from evaluation.truth import TRUTH_ACCOUNTS
 from jobs import evaluate, personas
 from jobs.cli import Summary
-from ml import personas as P
+from ml import personas as persona_model
 from tests.conftest import AS_OF, FIRST, SMALL, make_settings, personas_settings
 
 
@@ -53,7 +53,7 @@ def test_profiles_add_up_and_labels_are_distinct(spark, runs):
     assert sum(r.user_share for r in prof) == pytest.approx(1.0)
     assert sum(r.revenue_share for r in prof) == pytest.approx(1.0)
     assert len({r.persona_label for r in prof}) == len(prof) >= 3
-    assert all(r.top_platforms and r.top_categories and set(r.centre) == set(P.LOG_FEATURES + P.PLAIN_FEATURES) | {
+    assert all(r.top_platforms and r.top_categories and set(r.centre) == set(persona_model.LOG_FEATURES + persona_model.PLAIN_FEATURES) | {
         k for k in r.centre if k.startswith("cat_")} for r in prof)
     # the summary prints the persona table
     assert sum(1 for n in second.notes if any(r.persona_label[:58] in n for r in prof)) >= len(prof)
@@ -75,7 +75,7 @@ def test_mlflow_holds_every_candidate_and_a_model_that_reproduces_the_table(spar
     model = mlflow.spark.load_model(f"runs:/{run.info.run_id}/persona_pipeline")
     features = slice_of(spark, settings, USER_FEATURES)
     categories = [c[len("cat_"):] for c in prof.centre if c.startswith("cat_")]
-    predicted = {r.user_id: r.persona_id for r in model.transform(P.flatten(features, sorted(categories))).collect()}
+    predicted = {r.user_id: r.persona_id for r in model.transform(persona_model.flatten(features, sorted(categories))).collect()}
     assert predicted == {r.user_id: r.persona_id for r in slice_of(spark, settings, USER_PERSONAS).collect()}
 
 
