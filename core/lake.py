@@ -171,8 +171,9 @@ def register(spark: SparkSession, settings: Settings, table: Table) -> None:
     """Make ``<layer>.<name>`` in Spark SQL name this settings' table, re-pointing the name if it
     named another lake's: the lake written or opened last wins, so bare names mean the lake in use.
     Costs a catalog look-up when the name is right already (every write calls it)."""
-    current = (_registrations(spark, table.layer, table.name).get(table.qualified)
-               if spark.catalog.tableExists(table.qualified) else None)
+    # Not spark.catalog.tableExists: it loads the Delta table, and fails when the name still
+    # points at a lake whose files are gone (a lake deleted to start afresh).
+    current = _registrations(spark, table.layer, table.name).get(table.qualified)
     _point(spark, table, path_of(settings, table), current)
 
 

@@ -74,7 +74,9 @@ def summary_lines(tables, profiles, champions: Mapping) -> list[str]:
 def scoring_lines(result: Mapping) -> list[str]:
     """The closing lines of a scoring run, from its results (jobs.score's ``scoring`` result):
     the summary, then the user model's backtest."""
-    return (summary_lines(result["tables"], result["profiles"], result["champions"])
+    fit = result.get("btyd")
+    shown = [f"BTYD fitted on {fit['customers']:,} customers ({fit['repeat_customers']:,} repeat)"] if fit else []
+    return (shown + summary_lines(result["tables"], result["profiles"], result["champions"])
             + backtest_lines(result["backtest"]))
 
 

@@ -120,7 +120,7 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary) -> Summar
                                 user_lineage, {"platform_period": platform_v, "user_features": features_v})
     summary.table(REVENUE_METRICS.qualified, lake.replace_where(spark, settings, REVENUE_METRICS, metrics, as_of_slice))
 
-    result = scoring_result(spark, settings, champions)
+    result = {**scoring_result(spark, settings, champions), "btyd": summary.results.get("btyd")}
     summary.count("users scored", written.count())
     summary.count("creator x platform rows", len(result["tables"]["synergy_scores"]))
     for line in report.scoring_lines(result):
@@ -159,7 +159,7 @@ def score_users(spark: SparkSession, settings: Settings, summary: Summary, featu
         summary.skip(f"BTYD: too few repeat customers as of {as_of} to fit BG/NBD x Gamma-Gamma: p_alive and "
                      f"btyd_revenue stay empty")
     else:
-        summary.note(f"BTYD fitted on {fitted.customers:,} customers ({fitted.repeat_customers:,} repeat)")
+        summary.result("btyd", {"customers": fitted.customers, "repeat_customers": fitted.repeat_customers})
     frame = btyd.with_outputs(frame, fitted, settings.train.horizon_days)
     scored = predict(spark, frame, lineage["uri"], inputs)
     log.info("scoring users with %s v%s", lineage["model_name"], lineage["model_version"])

@@ -159,6 +159,17 @@ def test_the_lake_written_or_opened_last_has_the_names_and_the_other_keeps_its_f
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "a").rglob("*")) == a_files
 
 
+def test_a_name_left_on_a_deleted_lake_does_not_stop_the_next_write(spark, tmp_path):
+    """A lake deleted to start afresh leaves its names in the session; the next write takes them."""
+    import shutil
+
+    gone, fresh = make_settings(tmp_path / "gone"), make_settings(tmp_path / "fresh")
+    lake.overwrite(spark, gone, IDENTITY_MAP, spark.createDataFrame(identity_rows(["g1"]), IDENTITY_MAP.schema))
+    shutil.rmtree(tmp_path / "gone")
+    lake.overwrite(spark, fresh, IDENTITY_MAP, spark.createDataFrame(identity_rows(["f1"]), IDENTITY_MAP.schema))
+    assert bare(spark, "select account_id from silver.identity_map") == [("f1",)]
+
+
 def test_dropping_a_registered_table_never_deletes_its_files(spark, lake_a):
     build_session(lake_a)
     table_dir = Path(lake.path_of(lake_a, QUARANTINE))
