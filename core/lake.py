@@ -21,10 +21,9 @@ from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 
-from core import tables as contracts
 from core.errors import MissingInput
 from core.settings import Settings
-from core.tables import Table
+from core.tables import ALL_TABLES, Table
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -111,11 +110,6 @@ def exists(spark: SparkSession, settings: Settings, table: Table) -> bool:
     return DeltaTable.isDeltaTable(spark, path_of(settings, table))
 
 
-# Every table core declares, data tables and run logs: the names a session built for a lake
-# can query (evaluation's truth tables are named by the job that writes them).
-CATALOG_TABLES = tuple(t for t in vars(contracts).values() if isinstance(t, Table))
-
-
 @dataclass(frozen=True)
 class Registration:
     """What the session's catalog holds under a ``<layer>.<name>``: where, and whether it is an
@@ -184,12 +178,12 @@ def register_lake(spark: SparkSession, settings: Settings) -> list[str]:
     schema, no data file), none for a name that is right already. A name whose table this lake
     lacks is dropped if it names another lake's, so that a query fails rather than read the other
     lake (its files stay)."""
-    layers = dict.fromkeys(t.layer for t in CATALOG_TABLES)
+    layers = dict.fromkeys(t.layer for t in ALL_TABLES)
     current: dict[str, Registration] = {}
     for layer in layers:
         current.update(_registrations(spark, layer))
     named = []
-    for table in CATALOG_TABLES:
+    for table in ALL_TABLES:
         path = path_of(settings, table)
         fs, log_dir = filesystem(spark, f"{path}/_delta_log")
         registration = current.get(table.qualified)
@@ -250,12 +244,16 @@ def _add_new_columns(spark: SparkSession, path: str, table: Table, delta: DeltaT
     spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({columns})")
 
 
-def read(spark: SparkSession, settings: Settings, table: Table, as_of_version: int | None = None) -> DataFrame:
-    """The table (at ``as_of_version`` if given: a pinned snapshot that later commits cannot change)."""
+def _require(spark: SparkSession, settings: Settings, table: Table) -> None:
     if not exists(spark, settings, table):
         raise MissingInput(
             f"table {table.qualified} not found at {path_of(settings, table)}: run the job that writes it first"
         )
+
+
+def read(spark: SparkSession, settings: Settings, table: Table, as_of_version: int | None = None) -> DataFrame:
+    """The table (at ``as_of_version`` if given: a pinned snapshot that later commits cannot change)."""
+    _require(spark, settings, table)
     reader = spark.read.format("delta")
     if as_of_version is not None:
         reader = reader.option("versionAsOf", as_of_version)
@@ -278,7 +276,13 @@ def row_count(spark: SparkSession, settings: Settings, table: Table) -> int:
 
 
 def version(spark: SparkSession, settings: Settings, table: Table) -> int:
-    return DeltaTable.forPath(spark, path_of(settings, table)).history(1).first()["version"]
+    """The table's latest version; MissingInput, naming it, if the lake has no such table."""
+    try:
+        delta = DeltaTable.forPath(spark, path_of(settings, table))
+    except AnalysisException:  # checked only when it failed: every write asks for the version
+        _require(spark, settings, table)
+        raise
+    return delta.history(1).first()["version"]
 
 
 def _merge_metrics(result: DataFrame | None) -> dict:

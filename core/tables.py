@@ -277,9 +277,12 @@ AGGREGATE_LOG = Table(
     keys=("as_of_date", "silver_version"),
 )
 
-# The tables that hold data, in the order it flows through them: not the run logs.
+# Every table declared here, in the order data flows through them: the names a session built
+# for a lake can query (evaluation's truth tables are named by the job that writes them).
+ALL_TABLES = tuple(t for t in list(globals().values()) if isinstance(t, Table))
+# The tables that hold data: not the run logs.
 _RUN_LOGS = (INGEST_MANIFEST, REFINE_LOG, AGGREGATE_LOG)
-DATA_TABLES = tuple(t for t in list(globals().values()) if isinstance(t, Table) and t not in _RUN_LOGS)
+DATA_TABLES = tuple(t for t in ALL_TABLES if t not in _RUN_LOGS)
 
 
 def select_contract(df: DataFrame, table: Table) -> DataFrame:

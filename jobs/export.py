@@ -24,9 +24,8 @@ from pyspark.sql.types import ArrayType, MapType, StructType
 
 from core import lake
 from core.errors import ConfigError, InputRejected
-from core.lake import CATALOG_TABLES
 from core.settings import Settings
-from core.tables import Table
+from core.tables import ALL_TABLES, Table
 from jobs.cli import Summary, run_job
 
 FORMATS = ("csv", "parquet")
@@ -34,11 +33,11 @@ FORMATS = ("csv", "parquet")
 
 def table_named(name: str) -> Table:
     """The lake table called ``<layer>.<name>``; a ConfigError listing the valid names otherwise."""
-    for table in CATALOG_TABLES:
+    for table in ALL_TABLES:
         if table.qualified == name.strip().lower():
             return table
     raise ConfigError(f"unknown table {name!r}: expected <layer>.<name>, one of "
-                      f"{', '.join(t.qualified for t in CATALOG_TABLES)}")
+                      f"{', '.join(t.qualified for t in ALL_TABLES)}")
 
 
 def csv_ready(df: DataFrame) -> DataFrame:
@@ -96,10 +95,9 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, table: st
     contract = table_named(table)
     if fmt not in FORMATS:
         raise ConfigError(f"unknown --format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    lake.read(spark, settings, contract)  # MissingInput, naming the table, if this lake has none
-    _check_out(spark, out, fmt, force)
     # One version throughout: a commit during the export changes neither the rows nor the count.
-    version = lake.version(spark, settings, contract)
+    version = lake.version(spark, settings, contract)  # MissingInput, naming the table, if this lake has none
+    _check_out(spark, out, fmt, force)
     df = lake.read(spark, settings, contract, as_of_version=version)
     if fmt == "csv":
         write_csv(spark, df, out)

@@ -186,14 +186,12 @@ def scoring_result(spark: SparkSession, settings: Settings, champions: dict) -> 
     persona profiles (pandas), the champions' lineage and metrics, the user model's backtest."""
     as_of = settings.as_of
 
-    def today(table):
-        if not lake.exists(spark, settings, table):
-            return None
-        return lake.read(spark, settings, table).where(F.col("as_of_date") == F.lit(as_of)).toPandas()
+    def today(table, empty_if_missing: bool = False):
+        if lake.exists(spark, settings, table):
+            return lake.read(spark, settings, table).where(F.col("as_of_date") == F.lit(as_of)).toPandas()
+        return spark.createDataFrame([], table.schema).toPandas() if empty_if_missing else None
 
-    empty = {t.name: spark.createDataFrame([], t.schema).toPandas() for t in (SYNERGY_SCORES, REVENUE_METRICS)}
-    tables = {name: found if (found := today(t)) is not None else empty[name]
-              for name, t in (("synergy_scores", SYNERGY_SCORES), ("revenue_metrics", REVENUE_METRICS))}
+    tables = {t.name: today(t, empty_if_missing=True) for t in (SYNERGY_SCORES, REVENUE_METRICS)}
     return {"tables": tables, "profiles": today(PERSONA_PROFILES), "champions": champions,
             "backtest": backtest_of(champions["user_revenue"][0]["run_id"])}
 

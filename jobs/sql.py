@@ -21,8 +21,8 @@ from pyspark.errors import AnalysisException, ParseException, PySparkException
 from pyspark.sql import DataFrame, Row, SparkSession
 
 from core.errors import InputRejected, MissingInput, UserError
-from core.lake import CATALOG_TABLES
 from core.settings import Settings
+from core.tables import ALL_TABLES
 from jobs.cli import Summary, run_job
 
 DEFAULT_LIMIT = 50
@@ -67,7 +67,7 @@ def render(columns: list[str], rows: list[Row]) -> str:
 
 
 def _tables_named(spark: SparkSession) -> list[str]:
-    layers = dict.fromkeys(t.layer for t in CATALOG_TABLES)
+    layers = dict.fromkeys(t.layer for t in ALL_TABLES)
     return [f"{layer}.{t.name}" for layer in layers if spark.catalog.databaseExists(layer)
             for t in spark.catalog.listTables(layer) if not t.isTemporary]
 

@@ -24,7 +24,7 @@ from core import lake
 from core.errors import ConfigError
 from core.session import build_session
 from core.settings import LAKE_ROOT_ENV, PROJECT_ROOT
-from core.tables import EVENTS, IDENTITY_MAP, QUARANTINE
+from core.tables import ALL_TABLES, EVENTS, IDENTITY_MAP, QUARANTINE
 from jobs import cli, export, sql
 from jobs.cli import Summary
 from tests.conftest import TEST_OVERRIDES, make_settings
@@ -70,7 +70,7 @@ def bare(spark, query: str) -> list[tuple]:
 def catalog_as_found(spark):
     """These tests point the session's names at their own lakes: afterwards every name points
     where it did before (the session is shared; other modules query by name)."""
-    layers = dict.fromkeys(t.layer for t in lake.CATALOG_TABLES)
+    layers = dict.fromkeys(t.layer for t in ALL_TABLES)
     before = {name: r for layer in layers for name, r in lake._registrations(spark, layer).items()}
     yield
     after = {name: r for layer in layers for name, r in lake._registrations(spark, layer).items()}

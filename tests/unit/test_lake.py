@@ -53,3 +53,5 @@ def test_reading_a_table_not_written_yet_names_it_and_the_fix(spark, settings):
 
     with pytest.raises(MissingInput, match=r"table gold\.evolving not found at .*: run the job that writes it first"):
         lake.read(spark, settings, OLD)
+    with pytest.raises(MissingInput, match=r"table gold\.evolving not found at .*: run the job that writes it first"):
+        lake.version(spark, settings, OLD)
