@@ -242,10 +242,17 @@ USER_REVENUE_SCORES = Table(
            ("user_features_version", _L, False), ("user_personas_version", _L, True),
            # The BTYD baseline's view of the user (null for one who never paid, or without a fit):
            # P(alive), the churn risk's complement, and its revenue forecast over the horizon.
-           ("p_alive", _D, True), ("btyd_revenue", _D, True)),
+           ("p_alive", _D, True), ("btyd_revenue", _D, True),
+           # Added after the first release: P10 / P50 / P90 of the revenue over the horizon, from
+           # the champion. Nullable: rows written before, and a champion logged before intervals.
+           ("predicted_revenue_p10", _D, True), ("predicted_revenue_p50", _D, True),
+           ("predicted_revenue_p90", _D, True)),
     keys=("user_id", "as_of_date"),
     partition_by=("as_of_date",),
-    checks={"prediction_not_negative": "predicted_revenue >= 0"},
+    checks={"prediction_not_negative": "predicted_revenue >= 0",
+            "quantiles_ordered": "predicted_revenue_p10 IS NULL OR (predicted_revenue_p10 >= 0 AND "
+                                 "predicted_revenue_p10 <= predicted_revenue_p50 AND "
+                                 "predicted_revenue_p50 <= predicted_revenue_p90)"},
 )
 
 SYNERGY_SCORES = Table(

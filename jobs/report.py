@@ -41,6 +41,24 @@ def backtest_lines(table: pd.DataFrame | None) -> list[str]:
               table[table["segment"] == "cohort"].sort_values("group").iterrows()]
     return lines
 
+def coverage_text(scores: Mapping[str, float]) -> str:
+    """A candidate's P10-P90 coverage on the test split, over everyone and over the payers."""
+    return (f"{scores['coverage_p10_p90']:.0%} of users ({scores['coverage_p10_p90_payers']:.0%} of payers)"
+            if "coverage_p10_p90" in scores else "n/a")
+
+
+def coverage_lines(table: pd.DataFrame, candidates) -> list[str]:
+    """The P10-P90 coverage of each of ``candidates`` (names, repeats ignored) per decile of
+    its prediction on the test split (a training run's interval_coverage table)."""
+    lines = []
+    for name in dict.fromkeys(candidates):
+        part = table[table["candidate"] == name].sort_values("decile")
+        if len(part):
+            cells = " ".join(f"{int(r.decile)}:{r.coverage:.0%}" for r in part.itertuples())
+            lines.append(f"    P10-P90 coverage by decile of the {name} prediction (1 = lowest): {cells}")
+    return lines
+
+
 def summary_lines(tables, profiles, champions: Mapping) -> list[str]:
     """The scoring summary: top synergy pairs, expansion opportunities, the revenue balance per
     platform, the personas and each champion's held-out figures."""

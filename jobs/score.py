@@ -1,8 +1,10 @@
 """Score one --as-of date with the champion models and write the synergy and revenue tables.
 
 - gold.user_revenue_scores: every user of gold.user_features at --as-of, scored once by
-  models:/<prefix>-user_revenue@champion (Arrow pandas UDF: mlflow.pyfunc.spark_udf), with
-  persona, model name / version / run id and the input table versions.
+  models:/<prefix>-user_revenue@champion (Arrow pandas UDF: mlflow.pyfunc.spark_udf): the
+  expected revenue and, from a champion that gives them, P10 / P50 / P90 of it (null from one
+  logged before intervals), with persona, P(alive), model name / version / run id and the
+  input table versions.
 - gold.synergy_scores: every creator x platform: Q, E, synergy = Q * E, R_C, next period's
   predicted revenue (models:/<prefix>-creator_platform_revenue@champion) and, where the creator
   is absent or weak, the revenue predicted if it expanded there and the uplift.
@@ -51,24 +53,48 @@ log = logging.getLogger(__name__)
 
 
 def champion(settings: Settings, model: str) -> tuple[dict[str, str], list[str], dict[str, float]] | None:
-    """(lineage, input columns, logged test metrics) of ``model``'s current champion, or None."""
+    """(lineage, input columns, logged test metrics) of ``model``'s current champion, or None.
+    The lineage's ``intervals`` says whether the champion gives P10 / P50 / P90 ("true"/"false")."""
     version = tracking.champion(settings, model)
     if version is None:
         return None
     name, uri = version.name, f"models:/{version.name}/{version.version}"
-    inputs = mlflow.models.get_model_info(uri).signature.inputs.input_names()
+    signature = mlflow.models.get_model_info(uri).signature
+    inputs = signature.inputs.input_names()
     run = MlflowClient().get_run(version.run_id)
     candidate = version.tags.get("candidate", "torch")
     prefix = "test_" if candidate == "torch" else f"baseline_{candidate}_test_"
     metrics = {m: run.data.metrics.get(f"{prefix}{m}", float("nan")) for m in revenue.METRICS}
     return ({"model_name": name, "model_version": str(version.version), "run_id": version.run_id, "uri": uri,
-             "candidate": candidate}, list(inputs), metrics)
+             "candidate": candidate, "intervals": str(gives_intervals(signature)).lower()}, list(inputs), metrics)
 
 
-def predict(spark: SparkSession, frame: DataFrame, uri: str, inputs: list[str]) -> DataFrame:
-    """``frame`` with a ``prediction`` column from the logged model, in Arrow batches on the executors."""
-    udf = mlflow.pyfunc.spark_udf(spark, uri, result_type="double", env_manager="local")
-    return frame.withColumn("prediction", udf(*inputs))
+def gives_intervals(signature) -> bool:
+    """Whether a logged model gives P10 / P50 / P90: its signature has the ``intervals``
+    parameter (jobs.train.log_candidates). A model logged before returns the mean only."""
+    params = signature.params if signature is not None else None
+    return params is not None and revenue.INTERVALS in [p.name for p in params.params]
+
+
+# What a model that gives intervals returns per row, as spark_udf's struct result type: its
+# fields are taken from the returned DataFrame's columns by name.
+RESULT = ", ".join(f"{c} double" for c in revenue.OUTPUT_COLUMNS)
+
+
+def predict(spark: SparkSession, frame: DataFrame, uri: str, inputs: list[str], intervals: bool = False) -> DataFrame:
+    """``frame`` with ``prediction`` and ``prediction_p10`` / ``_p50`` / ``_p90`` columns from
+    the logged model, in Arrow batches on the executors. The quantiles are null unless
+    ``intervals`` (only a model that gives_intervals can be asked: one logged before has no
+    such parameter and MLflow refuses it)."""
+    quantiles = [f"prediction_{c}" for c in revenue.INTERVAL_COLUMNS]
+    if not intervals:
+        udf = mlflow.pyfunc.spark_udf(spark, uri, result_type="double", env_manager="local")
+        return frame.withColumn("prediction", udf(*inputs)).select(
+            "*", *[F.lit(None).cast("double").alias(c) for c in quantiles])
+    udf = mlflow.pyfunc.spark_udf(spark, uri, result_type=RESULT, env_manager="local", params={revenue.INTERVALS: True})
+    out = frame.withColumn("_out", udf(*inputs))
+    return out.select(*frame.columns, F.col("_out.prediction").alias("prediction"),
+                      *[F.col(f"_out.{c}").alias(q) for c, q in zip(revenue.INTERVAL_COLUMNS, quantiles)])
 
 
 def _slice(spark: SparkSession, settings: Settings, table) -> tuple[DataFrame, int]:
@@ -161,7 +187,11 @@ def score_users(spark: SparkSession, settings: Settings, summary: Summary, featu
     else:
         summary.result("btyd", {"customers": fitted.customers, "repeat_customers": fitted.repeat_customers})
     frame = btyd.with_outputs(frame, fitted, settings.train.horizon_days)
-    scored = predict(spark, frame, lineage["uri"], inputs)
+    intervals = lineage["intervals"] == "true"
+    if not intervals:
+        summary.skip(f"{lineage['model_name']} v{lineage['model_version']} was logged before prediction intervals: "
+                     f"predicted_revenue_p10 / _p50 / _p90 stay empty (retrain with jobs.train to fill them)")
+    scored = predict(spark, frame, lineage["uri"], inputs, intervals)
     log.info("scoring users with %s v%s", lineage["model_name"], lineage["model_version"])
     return lineage, metrics, scoring.user_scores(scored, personas, as_of, settings.train.horizon_days, lineage, features_v,
                                            personas_v)

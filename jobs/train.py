@@ -14,10 +14,13 @@ the metrics unbiased; only the sample reaches pandas.
 
 Every run logs parameters, per-epoch losses, the input tables with their versions, held-out
 metrics (test_rmse, test_mae, test_gini, test_spearman, test_total_error_pct) and the same for
-the baselines (baseline_<naive|linear|hgb|btyd>_test_<metric>), plots, and every candidate model
-(the network and the baselines) with its signature. The BTYD baseline (ml/btyd.py: BG/NBD x
-Gamma-Gamma, fitted per feature date on the customers' RFM summary) also gives the user
-model three features. The run's winner is registered as
+the baselines (baseline_<naive|linear|hgb|btyd>_test_<metric>), the coverage of each
+candidate's P10-P90 interval on the test split (test_coverage_p10_p90, _payers, what the
+network's own distribution expects of it, test_expected_coverage_*, and per decile in
+interval_coverage.json), plots, and every candidate model (the network and the baselines)
+with its signature, as one pyfunc that gives the mean and, asked, P10 / P50 / P90. The BTYD
+baseline (ml/btyd.py: BG/NBD x Gamma-Gamma, fitted per feature date on the customers' RFM
+summary) also gives the user model three features. The run's winner is registered as
 <prefix>-<model>: among the candidates whose |total error| is no worse than the naive
 baseline's (naive always is), the highest held-out Gini. It becomes `champion` unless the
 current champion, re-scored on the same split, is eligible too and ranks at least as well, so
@@ -39,7 +42,7 @@ from functools import reduce
 from pathlib import Path
 
 import mlflow
-import mlflow.pytorch
+import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import sklearn
@@ -153,28 +156,25 @@ def champion_metrics(settings: Settings, model_kind: str, test: Split) -> tuple[
     return version.version, scores, "re-scored on this test split"
 
 
-def log_candidates(fitted: revenue.Ensemble, baselines: dict, frame: pd.DataFrame) -> dict[str, str]:
-    """Log the network (preprocessing inside) and every baseline to the active run, each with
-    its signature and an input example, so whichever wins can be registered and scored.
-    Returns the model URI of each candidate."""
-    import mlflow.sklearn
-
+def log_candidates(candidates: dict[str, revenue.RevenueModel], frame: pd.DataFrame) -> dict[str, str]:
+    """Log every candidate (the network as ``model``, each baseline as ``baseline_<name>``) to
+    the active run as a revenue.RevenueModel pyfunc, with its signature and an input example,
+    so whichever wins can be registered and scored. The signature's ``intervals`` parameter
+    (default false: the mean only, as before) is how scoring tells a champion that gives
+    P10 / P50 / P90 from an older one. Returns the model URI of each candidate."""
     frame = frame.astype("float64")
     example = frame.dropna().head(5) if len(frame.dropna()) >= 5 else frame.head(5)
+    # ml/revenue.py imports torch, so every candidate needs it, the baselines too
     pins = [f"mlflow=={mlflow.__version__}", f"pandas=={pd.__version__}", f"numpy=={np.__version__}",
-            f"scikit-learn=={sklearn.__version__}"]
+            f"scikit-learn=={sklearn.__version__}", f"torch=={torch.__version__.split('+')[0]}"]
     uris = {}
     with tempfile.TemporaryDirectory() as tmp:
         code = [ml_folder(tmp)]  # the classes travel with the models, e.g. to Spark executors
-        uris["torch"] = mlflow.pytorch.log_model(
-            fitted, name="model", serialization_format="pickle", code_paths=code,
-            signature=infer_signature(example, revenue.predict(fitted, example.to_numpy())), input_example=example,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", *pins]).model_uri
-        for b, model in baselines.items():
-            uris[b] = mlflow.sklearn.log_model(
-                model, name=f"baseline_{b}", code_paths=code, pip_requirements=pins, input_example=example,
-                skops_trusted_types=revenue.TRUSTED_TYPES,  # our own classes, shipped in code_paths
-                signature=infer_signature(example, model.predict(example.to_numpy()))).model_uri
+        for name, candidate in candidates.items():
+            signature = infer_signature(example, candidate.predict(None, example), params={revenue.INTERVALS: False})
+            uris[name] = mlflow.pyfunc.log_model(
+                name="model" if name == "torch" else f"baseline_{name}", python_model=candidate, code_paths=code,
+                signature=signature, input_example=example, pip_requirements=pins).model_uri
     return uris
 
 
@@ -198,7 +198,9 @@ class Prepared:
     test: Split
     log_mask: np.ndarray
     baselines: dict
-    base: dict[str, dict[str, float]]
+    residuals: dict[str, revenue.ResidualQuantiles]  # each baseline's error quantiles, for its intervals
+    base: dict[str, dict[str, float]]  # held-out metrics and interval coverage of each baseline
+    coverage: pd.DataFrame  # each baseline's interval coverage per decile (candidate column)
     champion: tuple | None
     inputs: list
     params: dict
@@ -235,7 +237,13 @@ def prepare(spark: SparkSession, settings: Settings, summary: Summary, model: st
                      f"Gamma-Gamma, at least {btyd.MIN_REPEAT_CUSTOMERS} needed)")
     baselines = revenue.fit_baselines(train.x, train.y, train.w, log_mask, cfg.seed, spec.features.index(spec.naive_column),
                                 cfg.horizon_days / settings.gold.period_days, btyd_columns)
-    base = {b: revenue.metrics(test.y, m.predict(test.x), test.w) for b, m in baselines.items()}
+    # Each baseline's intervals come from its errors on training rows it did not learn from.
+    out_of_fold = revenue.baseline_out_of_fold(baselines, train.x, train.y, train.w, train.fold)
+    residuals = {b: revenue.ResidualQuantiles.fit(out_of_fold[b], train.y, train.w) for b in baselines}
+    base, tables = {}, []
+    for b, m in baselines.items():
+        base[b], table = held_out(revenue.RevenueModel(m, residuals[b]), test)
+        tables.append(table.assign(candidate=b))
     params = {"model": model, "as_of": str(settings.as_of), "horizon_days": cfg.horizon_days,
               "train_dates": ",".join(map(str, train_dates)), "test_date": str(test_date),
               "sample_cap": cfg.sample_cap, "seed": cfg.seed, "silver_events_version": silver_version,
@@ -245,8 +253,19 @@ def prepare(spark: SparkSession, settings: Settings, summary: Summary, model: st
         params.update({f"btyd_{k}": v for k, v in fits[test_date].as_dict().items()})
     summary.note(f"{model}: train dates {', '.join(map(str, train_dates))}; test date {test_date} "
                  f"(labels {cfg.horizon_days} days after each)")
-    return Prepared(spec, train, test, log_mask, baselines, base, champion_metrics(settings, model, test),
+    return Prepared(spec, train, test, log_mask, baselines, residuals, base, pd.concat(tables, ignore_index=True),
+                    champion_metrics(settings, model, test),
                     _lineage(spark, settings, model, silver, silver_version, personas_version), params, fits)
+
+
+def held_out(candidate: revenue.RevenueModel, test: Split) -> tuple[dict[str, float], pd.DataFrame]:
+    """A candidate's metrics on the test split with the coverage of its P10-P90 interval, and
+    that coverage per decile of its prediction."""
+    out = candidate.predict(None, test.x, {revenue.INTERVALS: True})
+    mean, bounds = out["prediction"].to_numpy(), out[list(revenue.INTERVAL_COLUMNS)].to_numpy()
+    scores = {**revenue.metrics(test.y, mean, test.w),
+              **revenue.coverage(test.y, bounds[:, 0], bounds[:, 2], test.w)}
+    return scores, revenue.coverage_by_decile(test.y, mean, bounds, test.w)
 
 
 def _lineage(spark: SparkSession, settings: Settings, model: str, silver: DataFrame, silver_version: int,
@@ -304,14 +323,33 @@ def fit(settings: Settings, spec: training.ModelSpec, net: NetSettings, train: S
     return fitted
 
 
-def evaluate(fitted: revenue.CrossFit, prepared: Prepared) -> dict[str, float]:
-    """The network's held-out metrics beside the baselines', logged with the decile table,
-    the backtest (user model) and the plots. Returns the network's metrics."""
+def network_model(fitted: revenue.CrossFit, train: Split) -> revenue.RevenueModel:
+    """The network as it is logged. A ZILN network gives its intervals from its own
+    distribution; a Tweedie one (a mean only) from the errors of its calibrated out-of-fold
+    predictions, like a baseline."""
+    if fitted.model.has_distribution:
+        return revenue.RevenueModel(fitted.model)
+    return revenue.RevenueModel(fitted.model, revenue.ResidualQuantiles.fit(fitted.out_of_fold, train.y, train.w))
+
+
+def evaluate(network: revenue.RevenueModel, fitted: revenue.CrossFit,
+             prepared: Prepared) -> tuple[dict[str, float], pd.DataFrame]:
+    """The network's held-out metrics and interval coverage beside the baselines', logged with
+    the decile table, the coverage per decile of every candidate, the backtest (user model)
+    and the plots. Returns the network's metrics and the coverage table."""
     spec, test, baselines = prepared.spec, prepared.test, prepared.baselines
     predicted = revenue.predict(fitted.model, test.x)
-    scores = revenue.metrics(test.y, predicted, test.w)
+    scores, table = held_out(network, test)
     mlflow.log_metrics({f"test_{k}": v for k, v in scores.items()})
+    if network.residuals is None:  # what a calibrated ZILN would cover here (the atom at 0: not 80 %)
+        mlflow.log_metrics({f"test_expected_{k}": v
+                            for k, v in revenue.expected_coverage(fitted.model, test.x, test.w).items()})
     mlflow.log_metrics({f"baseline_{b}_test_{k}": v for b, m in prepared.base.items() for k, v in m.items()})
+    coverage = pd.concat([table.assign(candidate="torch"), prepared.coverage], ignore_index=True)
+    mlflow.log_table(coverage[["candidate", *[c for c in coverage.columns if c != "candidate"]]], "interval_coverage.json")
+    mlflow.log_dict({"torch": "ziln mixture" if network.residuals is None else "out-of-fold errors",
+                     **{b: "out-of-fold errors" if b in revenue.LEARNS_FROM_LABELS else "errors on the training rows"
+                        for b in baselines}}, "interval_sources.json")
     deciles = revenue.deciles(test.y, predicted, test.w)
     mlflow.log_table(deciles, "decile_calibration.json")
     if "tenure_days" in test.frame:  # the user model: by acquisition cohort too, BTYD alongside
@@ -325,7 +363,7 @@ def evaluate(fitted: revenue.CrossFit, prepared: Prepared) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         for path in report.training_plots(test.y, predicted, fitted.folds, deciles, spec.name, Path(tmp)):
             mlflow.log_artifact(str(path), "plots")
-    return scores
+    return scores, coverage
 
 
 def validate(scores: dict[str, float], prepared: Prepared) -> revenue.Decision:
@@ -361,22 +399,25 @@ def promote(name: str, version: str, decision: revenue.Decision) -> None:
 
 
 def train_one(settings: Settings, prepared: Prepared, net: NetSettings, params: dict,
-              run_name: str) -> tuple[dict[str, float], revenue.Decision, str, str]:
+              run_name: str) -> tuple[dict[str, float], revenue.Decision, str, str, pd.DataFrame]:
     """One MLflow run of the steps above. Returns (the network's metrics, decision,
-    registered version, run id)."""
+    registered version, run id, every candidate's interval coverage per decile)."""
     spec = prepared.spec
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.log_params({**params, **{f"net_{k}": v for k, v in net.model_dump().items()}})
         for dataset, context in prepared.inputs:
             mlflow.log_input(dataset, context=context)
         fitted = fit(settings, spec, net, prepared.train, prepared.log_mask)
-        scores = evaluate(fitted, prepared)
-        uris = log_candidates(fitted.model, prepared.baselines, prepared.test.frame[list(spec.features)])
+        network = network_model(fitted, prepared.train)
+        scores, coverage = evaluate(network, fitted, prepared)
+        candidates = {"torch": network, **{b: revenue.RevenueModel(m, prepared.residuals[b])
+                                           for b, m in prepared.baselines.items()}}
+        uris = log_candidates(candidates, prepared.test.frame[list(spec.features)])
         decision = validate(scores, prepared)
         name = tracking.model_name(settings, spec.name)
         version = register(name, uris[decision.winner], decision)
         promote(name, version, decision)
-        return scores, decision, version, run.info.run_id
+        return scores, decision, version, run.info.run_id, coverage
 
 
 def execute(spark: SparkSession, settings: Settings, summary: Summary, models: tuple[str, ...] = MODELS,
@@ -399,7 +440,8 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, models: t
         if prepared is None:
             continue
         summary.note("  baselines: " + "; ".join(f"{b} Gini {m['gini']:.3f} Spearman {m['spearman']:.3f} "
-                                                  f"total error {m['total_error_pct']:+.1f}%"
+                                                  f"total error {m['total_error_pct']:+.1f}%, "
+                                                  f"P10-P90 covers {report.coverage_text(m)}"
                                                   for b, m in prepared.base.items()))
         if prepared.champion:
             version, scores, what = prepared.champion
@@ -407,12 +449,15 @@ def execute(spark: SparkSession, settings: Settings, summary: Summary, models: t
             summary.note(f"  champion v{version} ({shown})")
         for i, net in enumerate(nets):
             run_name = f"{model}-{settings.as_of}" + (f"-sweep{i}" if sweep else "")
-            scores, decision, version, run_id = train_one(settings, prepared, net, {**prepared.params, "sweep": sweep},
-                                                          run_name)
+            scores, decision, version, run_id, coverage = train_one(
+                settings, prepared, net, {**prepared.params, "sweep": sweep}, run_name)
             verdict = "promoted to @champion" if decision.promote else "registered, not promoted"
             summary.note(f"  torch (hidden {list(net.hidden)}): Gini {scores['gini']:.3f}, Spearman "
                          f"{scores['spearman']:.3f}, RMSE {scores['rmse']:.2f}, total error "
-                         f"{scores['total_error_pct']:+.1f}%; run {run_id}")
+                         f"{scores['total_error_pct']:+.1f}%, P10-P90 covers {report.coverage_text(scores)}; "
+                         f"run {run_id}")
+            for line in report.coverage_lines(coverage, ("torch", decision.winner)):
+                summary.note(line)
             summary.note(f"  winner {decision.winner} -> {tracking.model_name(settings, model)} v{version}, {verdict}")
             summary.note("    gate: " + "; ".join(decision.reasons))
             summary.result(model, {"run_id": run_id, "version": version, "winner": decision.winner,

@@ -10,7 +10,14 @@ users and averaged; their out-of-fold predictions calibrate the total. The modul
 carries its own preprocessing (signed log, median imputation, z-scores) as buffers, so the
 logged model takes the raw feature columns.
 
-Pure functions over pandas / numpy / torch; nothing here touches storage or MLflow.
+Every candidate also gives P10 / P50 / P90 of the revenue: the network from its own
+distribution (the mixture of its members' zero-inflated lognormals), a baseline from the
+empirical quantiles of its out-of-fold errors (:class:`ResidualQuantiles`). :class:`RevenueModel`
+is the one MLflow pyfunc form every candidate is logged in: the mean by default, the
+quantiles beside it when asked (``params={"intervals": True}``).
+
+Pure functions over pandas / numpy / torch; nothing here touches storage, and MLflow only as
+the base class of :class:`RevenueModel`.
 """
 from __future__ import annotations
 
@@ -24,7 +31,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.base import BaseEstimator, RegressorMixin
+from mlflow.pyfunc import PythonModel
+from scipy import special
+from sklearn.base import BaseEstimator, RegressorMixin, clone
 from torch import nn
 
 if TYPE_CHECKING:  # the logged model carries ml/ only: nothing here may need jobs/ at run time
@@ -86,6 +95,11 @@ class Ensemble(nn.Module):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.register_buffer("scale", torch.tensor(float(scale)))
+
+    @property
+    def has_distribution(self) -> bool:
+        """Whether the members are zero-inflated lognormals (not Tweedie means only)."""
+        return all(m.loss == "ziln" for m in self.members)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * torch.stack([m(x) for m in self.members]).mean(dim=0)
@@ -311,10 +325,6 @@ def backtest(actual: np.ndarray, predicted: dict[str, np.ndarray], weight: np.nd
 # -- baselines ----------------------------------------------------------------------------
 # Candidates in order of preference when their held-out Gini ties: the network first.
 CANDIDATES = ("torch", "hgb", "linear", "btyd", "naive")
-# Types in the baselines that MLflow's skops format must be told are safe to load: ours, and
-# gradient boosting's trees (unsafe only in a file someone else crafted; these we write).
-TRUSTED_TYPES = ["ml.revenue.NaiveRevenue", "ml.revenue.BTYDRevenue", "ml.revenue.signed_log", "numpy.dtype",
-                 "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
 
 
 class NaiveRevenue(BaseEstimator, RegressorMixin):
@@ -366,12 +376,43 @@ def fit_baselines(x: np.ndarray, y: np.ndarray, w: np.ndarray, log_mask: np.ndar
 
     linear = make_pipeline(FunctionTransformer(signed_log, kw_args={"log_mask": log_mask}), SimpleImputer(strategy="median"),
                            StandardScaler(), Ridge(alpha=1.0))
-    linear.fit(x, y, ridge__sample_weight=w)
     hgb = HistGradientBoostingRegressor(loss="poisson", random_state=seed)
-    hgb.fit(x, np.clip(y, 0, None), sample_weight=w)
-    out = {"naive": NaiveRevenue(naive_column, naive_factor), "linear": linear, "hgb": hgb}
+    out = {"naive": NaiveRevenue(naive_column, naive_factor), "linear": _fit_baseline(linear, x, y, w),
+           "hgb": _fit_baseline(hgb, x, y, w)}
     if btyd_columns is not None:
         out["btyd"] = BTYDRevenue(*btyd_columns)
+    return out
+
+
+def _fit_baseline(model: BaseEstimator, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> BaseEstimator:
+    """Fit one learning baseline as fit_baselines does: ridge on the net revenue, gradient
+    boosting (a Poisson loss, which needs y >= 0) on the revenue floored at zero."""
+    if hasattr(model, "steps"):
+        return model.fit(x, y, ridge__sample_weight=w)
+    return model.fit(x, np.clip(y, 0, None), sample_weight=w)
+
+
+# The baselines that learn from the labels: their predictions of their own training rows are
+# too good, so their errors are measured out of fold. naive and btyd learn nothing from the
+# labels: their predictions of the training rows are already out of sample.
+LEARNS_FROM_LABELS = ("linear", "hgb")
+
+
+def baseline_out_of_fold(baselines: dict[str, BaseEstimator], x: np.ndarray, y: np.ndarray, w: np.ndarray,
+                         fold: np.ndarray) -> dict[str, np.ndarray]:
+    """Each baseline's prediction of every training row by a model that did not see the row:
+    for linear and hgb, a copy fitted on the other folds (the network's folds of users); for
+    naive and btyd the fitted model itself."""
+    out = {}
+    for name, model in baselines.items():
+        if name not in LEARNS_FROM_LABELS:
+            out[name] = np.asarray(model.predict(x), dtype=np.float64)
+            continue
+        oof = np.zeros(len(y))
+        for k in np.unique(fold):
+            held = fold == k
+            oof[held] = _fit_baseline(clone(model), x[~held], y[~held], w[~held]).predict(x[held])
+        out[name] = oof
     return out
 
 
@@ -383,6 +424,209 @@ def informative(x: np.ndarray) -> np.ndarray:
         col = x[:, j][~np.isnan(x[:, j])]
         keep[j] = col.size > 0 and np.nanmax(col) > np.nanmin(col)
     return keep
+
+
+# -- prediction intervals -----------------------------------------------------------------
+QUANTILES = (0.1, 0.5, 0.9)
+INTERVAL_COLUMNS = ("p10", "p50", "p90")
+OUTPUT_COLUMNS = ("prediction", *INTERVAL_COLUMNS)  # what RevenueModel returns when asked for intervals
+INTERVALS = "intervals"  # RevenueModel's parameter: true returns OUTPUT_COLUMNS, not the mean alone
+# Bisection steps on log revenue: the bracket is at most ~80 wide (mu and 12 sigma either
+# side), and 2^-48 of it is a relative error of 3e-13 in the quantile.
+_BISECTIONS = 48
+# exp() of more than this overflows nothing but means nothing either (RevenueNet clamps the same)
+_MAX_LOG = 30.0
+
+
+def ziln_quantile(p: np.ndarray, mu: np.ndarray, sigma: np.ndarray, q: float) -> np.ndarray:
+    """The q-quantile of one zero-inflated lognormal (revenue 0 with probability 1 - p, else
+    log revenue ~ N(mu, sigma)): 0 where q <= 1 - p (the atom at zero holds it), else
+    exp(mu + sigma * Phi^-1((q - (1 - p)) / p))."""
+    p, mu, sigma = (np.asarray(a, dtype=np.float64) for a in (p, mu, sigma))
+    zero = 1.0 - p
+    level = np.clip((q - zero) / np.where(p > 0, p, 1.0), 1e-300, 1.0)
+    positive = np.exp(np.minimum(mu + sigma * special.ndtri(level), _MAX_LOG))
+    return np.where(q > zero, positive, 0.0)
+
+
+def mixture_quantiles(p: np.ndarray, mu: np.ndarray, sigma: np.ndarray,
+                      levels: tuple[float, ...] = QUANTILES) -> np.ndarray:
+    """Quantiles of the equal-weight mixture of K zero-inflated lognormals per row.
+
+    ``p``, ``mu``, ``sigma``: (K, rows). Returns (rows, len(levels)). The mixture holds
+    revenue 0 with probability mean(1 - p_k); a level at or below that is 0. Above it the
+    CDF, mean over k of (1 - p_k) + p_k * Phi((log y - mu_k) / sigma_k), is solved for log y by
+    bisection, all rows at once."""
+    p, mu, sigma = (np.atleast_2d(np.asarray(a, dtype=np.float64)) for a in (p, mu, sigma))
+    zero = (1.0 - p).mean(axis=0)
+    # Every member's CDF is below Phi(-12) at the low end and above Phi(12) at the high end.
+    low, high = (mu - 12 * sigma).min(axis=0), (mu + 12 * sigma).max(axis=0)
+    out = np.zeros((p.shape[1], len(levels)))
+    for j, q in enumerate(levels):
+        lo, hi = low.copy(), high.copy()
+        for _ in range(_BISECTIONS):
+            mid = (lo + hi) / 2
+            below = ((1.0 - p) + p * special.ndtr((mid - mu) / sigma)).mean(axis=0) < q
+            lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+        out[:, j] = np.where(q > zero, np.exp(np.minimum((lo + hi) / 2, _MAX_LOG)), 0.0)
+    # Each level is solved on its own: keep them ordered even where two agree to rounding.
+    return np.maximum.accumulate(out, axis=1)
+
+
+def ensemble_quantiles(model: Ensemble, x: np.ndarray, levels: tuple[float, ...] = QUANTILES) -> np.ndarray:
+    """The network's quantiles of each row's revenue, from its own distribution.
+
+    The ensemble predicts the mean of its K members' means, which is the mean of the
+    equal-weight mixture of their distributions: so its quantiles are the mixture's (averaging
+    the members' quantiles instead would describe no distribution whose mean is the
+    prediction, and would be too narrow where the members disagree). The calibration factor
+    scales the mean; the quantiles are scaled by the same factor, i.e. they are those of
+    scale x revenue, the one distribution consistent with the calibrated mean."""
+    if not model.has_distribution:
+        raise ValueError("the network was trained on the Tweedie loss: it has no distribution to give quantiles")
+    with torch.no_grad():
+        tx = torch.as_tensor(x.astype(np.float32))
+        params = [m.parameters_of(tx) for m in model.members]
+    logit, mu, sigma = (np.stack([np.asarray(t[i], dtype=np.float64) for t in params]) for i in range(3))
+    return float(model.scale) * mixture_quantiles(special.expit(logit), mu, sigma, levels)
+
+
+def expected_coverage(model: Ensemble, x: np.ndarray, weight: np.ndarray) -> dict[str, float]:
+    """The coverage of [P10, P90] that the network's own distribution expects, over everyone and
+    over the payers: what a perfectly calibrated model would measure on these rows.
+
+    Not 80 %: the atom at zero. A row whose mixture spends nothing with probability a has
+    P10 = 0 when a >= 0.1 and P90 = 0 when a >= 0.9, so [P10, P90] holds 0.9 - 0.1 = 0.8 only
+    for a < 0.1; 0.9 for 0.1 <= a < 0.9; and a (>= 0.9) above. Of its payers it holds
+    (0.9 - a) / (1 - a) in the middle case and none when P90 = 0. Where most users rarely pay,
+    a calibrated model covers about 90 % of users and far fewer of the payers."""
+    with torch.no_grad():
+        tx = torch.as_tensor(x.astype(np.float32))
+        atom = np.mean([1 - special.expit(np.asarray(m.parameters_of(tx)[0], dtype=np.float64))
+                        for m in model.members], axis=0)
+    lower, upper = QUANTILES[0], QUANTILES[-1]
+    below = np.where(atom >= lower, 0.0, lower)  # F just below P10
+    top = np.where(atom >= upper, atom, upper)  # F at P90
+    pay = 1 - atom
+    payers = np.clip(top - np.maximum(below, atom), 0, None) / np.where(pay > 0, pay, 1.0)
+    return {"coverage_p10_p90": float(np.average(top - below, weights=weight)),
+            "coverage_p10_p90_payers": float(np.average(payers, weights=weight * pay))}
+
+
+def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    """The smallest value whose cumulative weight reaches q of the total (the inverted CDF, as
+    numpy's ``method="inverted_cdf"``; a row of weight 3 counts as three copies)."""
+    order = np.argsort(values, kind="mergesort")
+    cum = np.cumsum(weights[order])
+    return float(values[order][min(np.searchsorted(cum, q * cum[-1] * (1 - 1e-12), side="left"), len(cum) - 1)])
+
+
+@dataclass(frozen=True)
+class ResidualQuantiles:
+    """Prediction intervals of a model with no distribution of its own, from the empirical
+    quantiles of its errors (actual - predicted) on rows it did not learn from.
+
+    The errors are taken per bin of the prediction (deciles of it on those rows, merged where
+    fewer than ``min_rows`` rows fall in one): revenue is zero for most users and heavy-tailed
+    for the rest, so both the share of zeros and the spread change with the predicted level,
+    and one set of quantiles for everyone would be too wide at the bottom and too narrow at
+    the top. Additive, not a ratio to the prediction: the naive baseline predicts 0 for
+    everyone who did not pay last period, and a ratio to 0 says nothing. An interval is
+    prediction + error quantile, floored at 0 (revenue predicted below zero means none)."""
+    edges: np.ndarray  # bin b holds predictions in (edges[b - 1], edges[b]]
+    errors: np.ndarray  # (bins, levels): the error quantiles of each bin
+    levels: tuple[float, ...] = QUANTILES
+
+    @classmethod
+    def fit(cls, predicted: np.ndarray, actual: np.ndarray, weight: np.ndarray,
+            levels: tuple[float, ...] = QUANTILES, bins: int = 10, min_rows: int = 50) -> "ResidualQuantiles":
+        edges = np.unique([weighted_quantile(predicted, weight, b / bins) for b in range(1, bins)])
+        while len(edges):  # ties (many predictions of exactly 0) and small samples leave thin bins
+            counts = np.bincount(np.searchsorted(edges, predicted, side="left"), minlength=len(edges) + 1)
+            if counts.min() >= min_rows:
+                break
+            b = int(np.argmin(counts))
+            # drop the edge between the thinnest bin and its thinner neighbour
+            drop = 0 if b == 0 else len(edges) - 1 if b == len(edges) else b - 1 if counts[b - 1] <= counts[b + 1] else b
+            edges = np.delete(edges, drop)
+        which = np.searchsorted(edges, predicted, side="left")
+        error = actual - predicted
+        table = np.array([[weighted_quantile(error[which == b], weight[which == b], q) for q in levels]
+                          for b in range(len(edges) + 1)])
+        return cls(edges, table, tuple(levels))
+
+    def __call__(self, predicted: np.ndarray) -> np.ndarray:
+        """(rows, levels): each prediction plus its bin's error quantiles, floored at 0."""
+        predicted = np.asarray(predicted, dtype=np.float64)
+        return np.clip(predicted[:, None] + self.errors[np.searchsorted(self.edges, predicted, side="left")], 0, None)
+
+
+def mean_prediction(model, x: np.ndarray) -> np.ndarray:
+    """The expected revenue of each row from the network or a fitted baseline."""
+    if isinstance(model, nn.Module):
+        return predict(model, x)
+    return np.asarray(model.predict(x), dtype=np.float64)
+
+
+def intervals(model, x: np.ndarray, residuals: ResidualQuantiles | None = None,
+              mean: np.ndarray | None = None) -> np.ndarray:
+    """(rows, 3): P10, P50, P90 of each row's revenue. The ZILN network from its own
+    distribution; any other model (a baseline, a Tweedie network) from ``residuals``."""
+    if isinstance(model, Ensemble) and model.has_distribution:
+        return ensemble_quantiles(model, x)
+    if residuals is None:
+        raise ValueError(f"{type(model).__name__} has no distribution of its own: give its residual quantiles")
+    return residuals(mean_prediction(model, x) if mean is None else mean)
+
+
+def coverage(actual: np.ndarray, lower: np.ndarray, upper: np.ndarray, weight: np.ndarray) -> dict[str, float]:
+    """The weighted share of rows whose revenue lies in [lower, upper] (ends included: a
+    user who spends nothing is covered by an interval starting at 0), over everyone and over
+    the payers (actual > 0). Most users spend nothing, so the payers' figure is the telling one."""
+    inside = ((actual >= lower) & (actual <= upper)).astype(np.float64)
+    payers = actual > 0
+    return {"coverage_p10_p90": float(np.average(inside, weights=weight)),
+            "coverage_p10_p90_payers": float(np.average(inside[payers], weights=weight[payers]))
+            if payers.any() else float("nan")}
+
+
+def coverage_by_decile(actual: np.ndarray, predicted: np.ndarray, bounds: np.ndarray,
+                       weight: np.ndarray) -> pd.DataFrame:
+    """Coverage of [P10, P90] (``bounds``: rows x (P10, P50, P90)) per decile of the mean
+    prediction (:func:`decile_of`), with the weighted population, payers and mean bounds."""
+    decile = decile_of(predicted, weight)
+    rows = []
+    for d in range(1, 11):
+        at = decile == d
+        if not at.any():
+            continue
+        got = coverage(actual[at], bounds[at, 0], bounds[at, 2], weight[at])
+        w = weight[at]
+        rows.append({"decile": d, "population": float(w.sum()), "payers": float(w[actual[at] > 0].sum()),
+                     "coverage": got["coverage_p10_p90"], "coverage_payers": got["coverage_p10_p90_payers"],
+                     "mean_predicted": float(np.average(predicted[at], weights=w)),
+                     "mean_actual": float(np.average(actual[at], weights=w)),
+                     **{f"mean_{c}": float(np.average(bounds[at, i], weights=w)) for i, c in enumerate(INTERVAL_COLUMNS)}})
+    return pd.DataFrame(rows)
+
+
+class RevenueModel(PythonModel):
+    """What every candidate is logged as: the network or a baseline with, for a model without
+    a distribution of its own, its :class:`ResidualQuantiles`. ``predict`` returns the mean
+    (one value per row, as models logged before intervals did, so every reader of a champion
+    keeps working); with ``params={INTERVALS: True}`` a DataFrame of OUTPUT_COLUMNS."""
+
+    def __init__(self, model, residuals: ResidualQuantiles | None = None):
+        self.model = model  # an Ensemble or a fitted scikit-learn style estimator
+        self.residuals = residuals
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
+        x = np.asarray(model_input, dtype=np.float64)  # the columns in signature order
+        mean = mean_prediction(self.model, x)
+        if not (params or {}).get(INTERVALS):
+            return mean
+        bounds = intervals(self.model, x, self.residuals, mean)
+        return pd.DataFrame({"prediction": mean, **{c: bounds[:, i] for i, c in enumerate(INTERVAL_COLUMNS)}})
 
 
 # -- choosing the champion ------------------------------------------------------------------

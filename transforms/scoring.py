@@ -32,10 +32,13 @@ def _lineage(lineage: Mapping[str, str]) -> list:
 
 def user_scores(scored: DataFrame, personas: DataFrame | None, as_of: dt.date, horizon: int,
                 lineage: Mapping[str, str], features_version: int, personas_version: int | None) -> DataFrame:
-    """gold.user_revenue_scores: one row per scored user with its persona, lineage and the
-    BTYD view of it (``scored`` carries the training.BTYD_OUTPUTS columns)."""
+    """gold.user_revenue_scores: one row per scored user with its persona, lineage, the
+    quantiles of its revenue and the BTYD view of it (``scored`` carries the
+    training.BTYD_OUTPUTS columns and prediction_p10 / _p50 / _p90, null from a champion
+    that gives no intervals)."""
     out = scored.select("user_id", "prediction", F.col("btyd_p_alive").alias("p_alive"),
-                        (F.col("btyd_purchases") * F.col("btyd_spend")).alias("btyd_revenue"))
+                        (F.col("btyd_purchases") * F.col("btyd_spend")).alias("btyd_revenue"),
+                        *[F.col(f"prediction_{q}").alias(f"predicted_revenue_{q}") for q in ("p10", "p50", "p90")])
     if personas is not None:
         out = out.join(personas.select("user_id", "persona_id", "persona_label"), "user_id", "left")
     else:

@@ -247,40 +247,303 @@ def test_stratified_sample_caps_rows_and_weights_restore_the_totals(spark):
 
 
 
-def test_every_candidate_round_trips_through_the_registry(tmp_path):
-    # GIVEN a trained ensemble, the fitted baselines and a feature frame with a missing value
+def logged_candidates(tmp_path):
+    """(uris, in-process candidates, frame): a small trained ensemble and the fitted
+    baselines, each with its intervals, logged to a run of a registry under ``tmp_path``; the
+    frame of features has a missing value."""
     import mlflow
     import pandas as pd
-    from mlflow.tracking import MlflowClient
 
     from jobs.train import log_candidates
 
     rng = np.random.default_rng(5)
     x, y = planted(600, rng)
     net = NetSettings(hidden=(8,), max_epochs=5)
-    model = revenue.cross_fit(x, y, np.ones(len(y)), np.arange(600) % 2, np.zeros(6, bool), net, seed=2).model
+    fold = np.arange(600) % 2
+    model = revenue.cross_fit(x, y, np.ones(len(y)), fold, np.zeros(6, bool), net, seed=2).model
     baselines = revenue.fit_baselines(x, y, np.ones(len(y)), np.zeros(6, bool), seed=2, naive_column=1, naive_factor=2.0,
                                 btyd_columns=(2, 3))
+    oof = revenue.baseline_out_of_fold(baselines, x, y, np.ones(len(y)), fold)
+    candidates = {"torch": revenue.RevenueModel(model),
+                  **{b: revenue.RevenueModel(m, revenue.ResidualQuantiles.fit(oof[b], y, np.ones(len(y))))
+                     for b, m in baselines.items()}}
     frame = pd.DataFrame(x[:50], columns=[f"f{i}" for i in range(6)])
     frame.iloc[0, 1] = np.nan
-    # WHEN every candidate is logged, one registered and promoted, then loaded by alias
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = mlflow.create_experiment("round-trip", artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment):
-        uris = log_candidates(model, baselines, frame)
+        uris = log_candidates(candidates, frame)
+    return uris, candidates, frame
+
+
+def test_every_candidate_round_trips_through_the_registry(tmp_path):
+    # GIVEN every candidate logged: a trained ensemble and the fitted baselines
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from jobs.score import gives_intervals
+
+    uris, candidates, frame = logged_candidates(tmp_path)
     assert sorted(uris) == ["btyd", "hgb", "linear", "naive", "torch"]
+    model, baselines = candidates["torch"].model, {b: c.model for b, c in candidates.items() if b != "torch"}
     client = MlflowClient()
     for candidate, expected in (("torch", revenue.predict(model, frame.to_numpy())),
                                 ("hgb", baselines["hgb"].predict(frame.to_numpy())),
+                                ("linear", baselines["linear"].predict(frame.to_numpy())),
                                 ("naive", np.nan_to_num(frame["f1"].to_numpy()) * 2.0),
                                 ("btyd", frame["f2"].to_numpy() * frame["f3"].to_numpy())):
+        # WHEN one is registered and promoted, then loaded by alias
         version = mlflow.register_model(uris[candidate], "round-trip-model").version
         client.set_registered_model_alias("round-trip-model", "champion", version)
         loaded = mlflow.pyfunc.load_model("models:/round-trip-model@champion")
         # THEN it expects the same columns and predicts exactly what the fitted model predicts
         assert loaded.metadata.get_input_schema().input_names() == list(frame.columns)
+        assert gives_intervals(loaded.metadata.signature), candidate
         assert np.isfinite(expected).all()
         np.testing.assert_allclose(np.asarray(loaded.predict(frame)).ravel(), expected, rtol=1e-6)
+        # and, asked for intervals, the same mean beside its own P10 <= P50 <= P90, >= 0
+        out = loaded.predict(frame, params={revenue.INTERVALS: True})
+        assert list(out.columns) == ["prediction", "p10", "p50", "p90"], candidate
+        np.testing.assert_allclose(out["prediction"], expected, rtol=1e-6)
+        bounds = revenue.intervals(candidates[candidate].model, frame.to_numpy(), candidates[candidate].residuals)
+        np.testing.assert_allclose(out[["p10", "p50", "p90"]].to_numpy(), bounds, rtol=1e-6, atol=1e-9)
+        assert (out["p10"] >= 0).all() and (out["p10"] <= out["p50"]).all() and (out["p50"] <= out["p90"]).all()
+        assert (out["p90"] > out["p10"]).any(), candidate  # an interval, not a point
+
+
+def test_spark_scoring_gives_the_quantiles_and_an_older_champion_still_scores(spark, tmp_path):
+    # GIVEN a candidate logged as today, and one logged as before intervals (the scikit-learn
+    # flavour, one output column, no intervals parameter)
+    import mlflow
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    from jobs import score
+
+    uris, candidates, frame = logged_candidates(tmp_path)
+    naive = candidates["naive"].model
+    with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name("round-trip").experiment_id):
+        older = mlflow.sklearn.log_model(naive, name="older", signature=infer_signature(frame, naive.predict(frame.to_numpy())),
+                                         serialization_format="pickle").model_uri
+    assert not score.gives_intervals(mlflow.models.get_model_info(older).signature)
+    rows = spark.createDataFrame(frame.assign(user_id=[f"u{i}" for i in range(len(frame))]))
+    inputs = list(frame.columns)
+    # WHEN both score in Spark, each as jobs.score asks it
+    new = score.predict(spark, rows, uris["hgb"], inputs, intervals=True).toPandas()
+    old = score.predict(spark, rows, older, inputs).toPandas()
+    # THEN today's gives its own mean and quantiles per row, the older one its mean and nulls
+    hgb = candidates["hgb"]
+    np.testing.assert_allclose(new["prediction"], hgb.model.predict(frame.to_numpy()), rtol=1e-9)
+    np.testing.assert_allclose(new[["prediction_p10", "prediction_p50", "prediction_p90"]].to_numpy(),
+                               revenue.intervals(hgb.model, frame.to_numpy(), hgb.residuals), rtol=1e-9)
+    np.testing.assert_allclose(old["prediction"], naive.predict(frame.to_numpy()), rtol=1e-9)
+    assert old[["prediction_p10", "prediction_p50", "prediction_p90"]].isna().all().all()
+    assert set(new.columns) == set(old.columns) == {*inputs, "user_id", "prediction", "prediction_p10",
+                                                    "prediction_p50", "prediction_p90"}
+
+
+def test_a_scores_table_of_the_previous_release_takes_the_quantiles(spark, settings):
+    # GIVEN gold.user_revenue_scores as the previous release wrote it: no quantile columns
+    from dataclasses import replace
+
+    from pyspark.sql.types import StructType
+
+    from core import lake
+    from core.tables import USER_REVENUE_SCORES
+    from transforms import scoring
+
+    new_columns = ("predicted_revenue_p10", "predicted_revenue_p50", "predicted_revenue_p90")
+    old = replace(USER_REVENUE_SCORES, schema=StructType([f for f in USER_REVENUE_SCORES.schema.fields
+                                                          if f.name not in new_columns]),
+                  checks={"prediction_not_negative": "predicted_revenue >= 0"})
+    lineage = {"model_name": "m", "model_version": "1", "run_id": "r"}
+    before = spark.createDataFrame([("u1", D(1), 3.0, 30, None, None, "m", "1", "r", 4, None, 0.5, 2.0)], old.schema)
+    lake.replace_where(spark, settings, old, before, "as_of_date = DATE'2026-01-01'")
+
+    def scored(*quantiles):
+        return spark.createDataFrame(
+            [("u1", 4.0, *quantiles, 0.9, 1.0, 2.0)],
+            "user_id string, prediction double, prediction_p10 double, prediction_p50 double, prediction_p90 double, "
+            "btyd_p_alive double, btyd_purchases double, btyd_spend double")
+
+    # WHEN today's release scores a new date into it
+    users = scoring.user_scores(scored(0.0, 2.5, 9.0), None, D(2), 30, lineage, 5, None)
+    lake.replace_where(spark, settings, USER_REVENUE_SCORES, users, "as_of_date = DATE'2026-01-02'")
+    # THEN the table gains the columns: the old row reads null there, the new one its quantiles
+    got = {r.as_of_date: r.asDict() for r in lake.read(spark, settings, USER_REVENUE_SCORES).collect()}
+    assert [got[D(1)][c] for c in new_columns] == [None, None, None]
+    assert [got[D(2)][c] for c in new_columns] == [0.0, 2.5, 9.0]
+    assert (got[D(2)]["predicted_revenue"], got[D(2)]["p_alive"], got[D(2)]["btyd_revenue"]) == (4.0, 0.9, 2.0)
+    # and the contract refuses quantiles out of order
+    with pytest.raises(Exception, match="quantiles_ordered"):
+        lake.replace_where(spark, settings, USER_REVENUE_SCORES,
+                           scoring.user_scores(scored(3.0, 2.5, 9.0), None, D(3), 30, lineage, 5, None),
+                           "as_of_date = DATE'2026-01-03'")
+
+
+# -- prediction intervals -------------------------------------------------------------------
+def test_ziln_quantiles_on_worked_cases():
+    from scipy.stats import lognorm
+
+    mu, sigma = np.array([1.0, -0.5]), np.array([0.5, 1.2])
+    for q in (0.1, 0.5, 0.9):
+        # p = 1: no zeros, a lognormal's quantiles
+        np.testing.assert_allclose(revenue.ziln_quantile(np.ones(2), mu, sigma, q),
+                                   lognorm.ppf(q, s=sigma, scale=np.exp(mu)), rtol=1e-12)
+    # p = 0.4: 60 % at zero, so P10 and P50 are 0; P90 is the lognormal's (0.9 - 0.6) / 0.4 = 75 % point
+    p = np.full(2, 0.4)
+    assert revenue.ziln_quantile(p, mu, sigma, 0.1).tolist() == [0.0, 0.0]
+    assert revenue.ziln_quantile(p, mu, sigma, 0.6).tolist() == [0.0, 0.0]  # exactly 1 - p: still the atom
+    np.testing.assert_allclose(revenue.ziln_quantile(p, mu, sigma, 0.9), lognorm.ppf(0.75, s=sigma, scale=np.exp(mu)),
+                               rtol=1e-12)
+    # one member, or K identical ones: the mixture is that ZILN, and bisection finds its closed form
+    p, mu, sigma = np.array([1.0, 0.4, 0.95, 0.05]), np.array([1.0, 2.0, 0.5, 3.0]), np.array([0.5, 1.2, 0.3, 1.0])
+    closed = np.stack([revenue.ziln_quantile(p, mu, sigma, q) for q in revenue.QUANTILES], axis=1)
+    np.testing.assert_allclose(revenue.mixture_quantiles(p[None], mu[None], sigma[None]), closed, rtol=1e-9)
+    np.testing.assert_allclose(revenue.mixture_quantiles(np.stack([p] * 3), np.stack([mu] * 3), np.stack([sigma] * 3)),
+                               closed, rtol=1e-9)
+    assert closed[3].tolist() == [0.0, 0.0, 0.0]  # 95 % spend nothing: the whole interval is 0
+
+
+def test_mixture_quantiles_solve_the_mixture_not_the_mean_of_quantiles():
+    from scipy.stats import lognorm
+
+    # GIVEN three members per row that disagree
+    rng = np.random.default_rng(2)
+    p, mu, sigma = rng.uniform(0.3, 1.0, (3, 40)), rng.normal(1.0, 1.0, (3, 40)), rng.uniform(0.2, 1.4, (3, 40))
+    got = revenue.mixture_quantiles(p, mu, sigma)
+    atom = (1 - p).mean(axis=0)
+    # THEN the mixture's CDF (scipy) at each quantile is the level, or the level is in the atom at 0
+    for j, q in enumerate(revenue.QUANTILES):
+        cdf = (1 - p + p * lognorm.cdf(got[:, j], s=sigma, scale=np.exp(mu))).mean(axis=0)
+        positive = q > atom
+        np.testing.assert_allclose(cdf[positive], q, rtol=1e-9)
+        assert (got[~positive, j] == 0).all()
+    assert (np.diff(got, axis=1) >= 0).all() and (got >= 0).all()
+    # and a Monte Carlo draw of one row's mixture agrees with it
+    k = rng.integers(0, 3, 400_000)
+    draw = np.where(rng.random(k.size) < p[k, 0], np.exp(mu[k, 0] + sigma[k, 0] * rng.normal(size=k.size)), 0.0)
+    np.testing.assert_allclose(np.quantile(draw, revenue.QUANTILES), got[0], rtol=0.02, atol=1e-9)
+    # the members' average quantile is another, narrower thing where they disagree
+    members = np.stack([np.stack([revenue.ziln_quantile(p[i], mu[i], sigma[i], q) for q in revenue.QUANTILES], 1)
+                        for i in range(3)]).mean(axis=0)
+    assert not np.allclose(members, got, rtol=1e-3)
+
+
+def test_the_network_gives_its_mixture_quantiles_scaled_like_its_mean():
+    # GIVEN an ensemble of two (untrained) ZILN members with a calibration factor of 1.7
+    members = [revenue.RevenueNet(3, (4,), 0.0, np.zeros(3, bool), np.zeros(3), np.zeros(3), np.ones(3))
+               for _ in range(2)]
+    torch.manual_seed(0)
+    for m in members:
+        torch.nn.init.normal_(m.head.weight, std=1.0)
+    ensemble = revenue.Ensemble(members, scale=1.7)
+    x = np.random.default_rng(0).normal(size=(30, 3))
+    # THEN its quantiles are 1.7 x those of the mixture of its members' distributions
+    with torch.no_grad():
+        params = [m.parameters_of(torch.as_tensor(x, dtype=torch.float32)) for m in members]
+    p, mu, sigma = (np.stack([t[i].double().numpy() for t in params]) for i in range(3))
+    expected = 1.7 * revenue.mixture_quantiles(1 / (1 + np.exp(-p)), mu, sigma)
+    np.testing.assert_allclose(revenue.intervals(ensemble, x), expected, rtol=1e-6)
+    # a Tweedie network has no distribution: its intervals must come from its errors
+    tweedie = revenue.Ensemble([revenue.RevenueNet(3, (4,), 0.0, np.zeros(3, bool), np.zeros(3), np.zeros(3), np.ones(3),
+                                                   loss="tweedie")])
+    assert not tweedie.has_distribution
+    with pytest.raises(ValueError, match="no distribution of its own"):
+        revenue.intervals(tweedie, x)
+
+
+def constant_ziln(logit: float, mu: float, raw_sigma: float) -> revenue.RevenueNet:
+    """A ZILN member that predicts the same distribution for every row."""
+    net = revenue.RevenueNet(1, (1,), 0.0, np.zeros(1, bool), np.zeros(1), np.zeros(1), np.ones(1))
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.copy_(torch.tensor([logit, mu, raw_sigma]))
+    return net
+
+
+def test_a_calibrated_ziln_covers_more_than_80_percent_of_users_and_fewer_payers():
+    x, w = np.zeros((1, 1)), np.ones(1)
+    # worked cases, P(no revenue) = a: 0.05 -> [P10, P90] holds 0.8, of the payers 0.8 / 0.95;
+    # 0.5 -> P10 = 0: 0.9, of the payers (0.9 - 0.5) / 0.5; 0.95 -> P90 = 0: 0.95, no payer
+    for a, everyone, payers in ((0.05, 0.8, 0.8 / 0.95), (0.5, 0.9, 0.8), (0.95, 0.95, 0.0)):
+        model = revenue.Ensemble([constant_ziln(math.log((1 - a) / a), 1.0, 0.0)])
+        assert revenue.expected_coverage(model, x, w) == pytest.approx(
+            {"coverage_p10_p90": everyone, "coverage_p10_p90_payers": payers}, rel=1e-5)
+    # GIVEN a mixture of two members, 70 % and 40 % zeros; WHEN revenue is drawn from it
+    model = revenue.Ensemble([constant_ziln(math.log(0.3 / 0.7), 1.0, 0.0), constant_ziln(math.log(0.6 / 0.4), 2.0, 1.0)])
+    p10, _, p90 = revenue.intervals(model, x)[0]
+    rng = np.random.default_rng(9)
+    member = rng.integers(0, 2, 400_000)
+    with torch.no_grad():  # each member's (logit, mu, sigma), one value each
+        logit, mu, sigma = (np.array([float(v) for v in t])
+                            for t in zip(*[m.parameters_of(torch.zeros(1, 1)) for m in model.members]))
+    pays = rng.random(member.size) < 1 / (1 + np.exp(-logit[member]))
+    draw = np.where(pays, np.exp(mu[member] + sigma[member] * rng.normal(size=member.size)), 0.0)
+    # THEN the share inside [P10, P90] is what the model expects, over everyone and the payers
+    measured = revenue.coverage(draw, np.full(draw.size, p10), np.full(draw.size, p90), np.ones(draw.size))
+    expected = revenue.expected_coverage(model, x, w)
+    assert measured == pytest.approx(expected, abs=0.005)
+    assert expected["coverage_p10_p90"] == pytest.approx(0.9) and expected["coverage_p10_p90_payers"] < 0.8
+
+
+def test_weighted_quantiles_count_weights_as_copies():
+    rng = np.random.default_rng(4)
+    values, weights = rng.normal(size=41), rng.integers(1, 4, 41)
+    copies = np.repeat(values, weights)
+    for q in (0.1, 0.25, 0.5, 0.9):
+        assert revenue.weighted_quantile(values, np.ones(41), q) == np.quantile(values, q, method="inverted_cdf")
+        assert revenue.weighted_quantile(values, weights.astype(float), q) == np.quantile(copies, q, method="inverted_cdf")
+
+
+def test_residual_quantiles_per_bin_of_the_prediction():
+    # GIVEN 100 rows predicted 0 (80 spend 0, 20 spend 5) and 100 predicted 10 (half spend 0,
+    # half 30): ties make the deciles two bins, and the empty top one is merged away
+    predicted = np.repeat([0.0, 10.0], 100)
+    actual = np.concatenate([np.zeros(80), np.full(20, 5.0), np.zeros(50), np.full(50, 30.0)])
+    fitted = revenue.ResidualQuantiles.fit(predicted, actual, np.ones(200))
+    assert fitted.edges.tolist() == [0.0]
+    # THEN each bin's interval is its own errors' quantiles, floored at 0
+    np.testing.assert_allclose(fitted(np.array([0.0, 10.0])), [[0.0, 0.0, 5.0], [0.0, 0.0, 30.0]])
+    # above the bins' range the top bin's errors carry over: 25 + (-10, -10, +20)
+    np.testing.assert_allclose(fitted(np.array([25.0])), [[15.0, 15.0, 45.0]])
+    # weights count as copies: the 50 spenders of 30 at weight 2 move the top bin's median to them
+    weighted = revenue.ResidualQuantiles.fit(predicted, actual, np.where(actual == 30.0, 2.0, 1.0))
+    np.testing.assert_allclose(weighted(np.array([10.0])), [[0.0, 30.0, 30.0]])
+    # too few rows for two bins: one, over everyone
+    assert revenue.ResidualQuantiles.fit(predicted[::5], actual[::5], np.ones(40)).edges.size == 0
+
+
+def test_baselines_errors_are_measured_out_of_fold():
+    # GIVEN the baselines fitted on a planted relation, and two folds of the rows
+    rng = np.random.default_rng(6)
+    x, y = planted(400, rng)
+    w, fold = np.ones(len(y)), np.arange(len(y)) % 2
+    baselines = revenue.fit_baselines(x, y, w, np.zeros(6, bool), seed=2, naive_column=1, naive_factor=2.0)
+    oof = revenue.baseline_out_of_fold(baselines, x, y, w, fold)
+    # THEN naive learns nothing from the labels: its own predictions are out of sample already
+    np.testing.assert_array_equal(oof["naive"], baselines["naive"].predict(x))
+    # the learners predict each fold with a copy fitted on the other one, worse than in sample
+    held = fold == 1
+    alone = revenue.fit_baselines(x[~held], y[~held], w[~held], np.zeros(6, bool), seed=2, naive_column=1,
+                                  naive_factor=2.0)
+    for b in revenue.LEARNS_FROM_LABELS:
+        np.testing.assert_allclose(oof[b][held], alone[b].predict(x[held]), rtol=1e-9)
+        assert np.mean((oof[b] - y) ** 2) > np.mean((baselines[b].predict(x) - y) ** 2)
+
+
+def test_coverage_on_a_worked_example():
+    actual = np.array([0.0, 5.0, 10.0, -1.0])
+    lower, upper = np.array([0.0, 6.0, 0.0, 0.0]), np.array([1.0, 7.0, 10.0, 3.0])
+    # inside: yes (0 in [0, 1]), no, yes (ends count), no (a refund below 0); weights 1, 1, 2, 1
+    got = revenue.coverage(actual, lower, upper, np.array([1.0, 1.0, 2.0, 1.0]))
+    assert got == pytest.approx({"coverage_p10_p90": 3 / 5, "coverage_p10_p90_payers": 2 / 3})
+    table = revenue.coverage_by_decile(np.arange(20.0), np.arange(20.0),
+                                       np.stack([np.arange(20.0) - 1, np.arange(20.0), np.arange(20.0) + (np.arange(20) < 10)], 1),
+                                       np.ones(20))
+    assert table["decile"].tolist() == list(range(1, 11))
+    assert table["coverage"].tolist() == [1.0] * 10  # every actual is its own P50, inside [P50 - 1, P50 + ...]
+    assert table["payers"].tolist() == [1.0] + [2.0] * 9  # the 0 of decile 1 is no payer
 
 
 def test_backtest_splits_the_totals_by_decile_and_cohort():
