@@ -78,6 +78,21 @@ def test_scores_equal_the_models_own_predictions(spark, scored):
     got = slice_of(spark, settings, USER_REVENUE_SCORES).toPandas().sort_values("user_id")
     assert got["user_id"].tolist() == frame["user_id"].tolist()
     np.testing.assert_allclose(got["predicted_revenue"].to_numpy(), expected, rtol=1e-5, atol=1e-6)
+    # the champion gives P10 / P50 / P90 (every candidate logged today does): every user has
+    # the model's own, ordered and never below 0
+    quantiles = ["predicted_revenue_p10", "predicted_revenue_p50", "predicted_revenue_p90"]
+    assert got[quantiles].notna().all().all()
+    own = model.predict(frame[inputs], params={"intervals": True})
+    np.testing.assert_allclose(got[quantiles].to_numpy(), own[["p10", "p50", "p90"]].to_numpy(), rtol=1e-5, atol=1e-6)
+    assert (got["predicted_revenue_p10"] >= 0).all()
+    assert (got["predicted_revenue_p10"] <= got["predicted_revenue_p50"]).all()
+    assert (got["predicted_revenue_p50"] <= got["predicted_revenue_p90"]).all()
+    assert (got["predicted_revenue_p90"] > got["predicted_revenue_p10"]).any()  # intervals, not points
+    # beside them the churn risk: BTYD's P(alive), fitted on the customers of the scoring date,
+    # in [0, 1] for every user who ever paid and empty for the others
+    assert "BTYD fitted on " in scored[2].render()
+    paid = frame.set_index("user_id")["purchase_days"].fillna(0).loc[got["user_id"]].to_numpy() > 0
+    assert paid.any() and got["p_alive"][paid].between(0, 1).all() and got["p_alive"][~paid].isna().all()
 
 
 def test_synergy_and_revenue_tables_add_up(spark, scored):

@@ -16,6 +16,9 @@ METRIC_KEYS = {f"test_{m}" for m in R.METRICS} | {f"baseline_{b}_test_{m}" for b
 # Where BG/NBD x Gamma-Gamma can be fitted, the user model is also measured against it
 # (tests/integration/test_btyd_export.py); the small lake has too few repeat buyers.
 BTYD_KEYS = {f"baseline_btyd_test_{m}" for m in R.METRICS}
+# The coverage of every candidate's P10-P90 interval on the test split.
+COVERAGE_KEYS = {f"{prefix}coverage_p10_p90{part}" for prefix in ("test_", *(f"baseline_{b}_test_" for b in
+                 ("naive", "linear", "hgb"))) for part in ("", "_payers")}
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +40,23 @@ def test_every_run_logs_the_promised_metrics_inputs_plots_and_model(spark, runs)
     silver = f"{EVENTS.qualified}@v{lake.version(spark, settings, EVENTS)}"
     for run in found:
         assert METRIC_KEYS <= set(run.data.metrics) and not BTYD_KEYS & set(run.data.metrics)
+        assert COVERAGE_KEYS <= set(run.data.metrics)
+        assert all(0 <= run.data.metrics[k] <= 1 for k in COVERAGE_KEYS)
+        # and what a calibrated ZILN would cover on the same rows (the atom at zero: not 80 %)
+        assert 0.8 <= run.data.metrics["test_expected_coverage_p10_p90"] <= 1
+        assert 0 <= run.data.metrics["test_expected_coverage_p10_p90_payers"] <= 0.9
+        # and per decile of each candidate's prediction, the candidates' intervals as they were made
+        logged = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/interval_coverage.json")
+        coverage = dict(zip(logged["columns"], zip(*logged["data"])))
+        assert sorted(set(coverage["candidate"])) == ["hgb", "linear", "naive", "torch"]
+        assert [d for c, d in zip(coverage["candidate"], coverage["decile"]) if c == "torch"] == list(range(1, 11))
+        torch_rows = [i for i, c in enumerate(coverage["candidate"]) if c == "torch"]
+        share = sum(coverage["coverage"][i] * coverage["population"][i] for i in torch_rows) / \
+            sum(coverage["population"][i] for i in torch_rows)
+        assert share == pytest.approx(run.data.metrics["test_coverage_p10_p90"])
+        assert mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/interval_sources.json") == {
+            "torch": "ziln mixture", "naive": "errors on the training rows", "linear": "out-of-fold errors",
+            "hgb": "out-of-fold errors"}
         if run.data.params["model"] == "user_revenue":  # each feature date's fit was tried, none could be made
             fits = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/btyd_fits.json")
             assert fits == {"2026-04-24": None, "2026-05-01": None, "2026-05-31": None}
@@ -86,5 +106,7 @@ def test_summary_names_the_dates_baselines_and_verdict(runs):
     text = first.render()
     assert "user_revenue: train dates 2026-04-24, 2026-05-01; test date 2026-05-31" in text
     assert "baselines: naive Gini" in text and "gate: winner " in text and "promoted to @champion" in text
+    assert text.count("P10-P90 covers ") >= 4  # the network and each baseline, per model
+    assert "P10-P90 coverage by decile of the torch prediction (1 = lowest): 1:" in text
     assert "user_revenue: no BTYD baseline (too few repeat customers" in text
     assert first.counts["user_revenue rows test"] > 100
