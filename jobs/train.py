@@ -242,7 +242,7 @@ def prepare(spark: SparkSession, settings: Settings, summary: Summary, model: st
     residuals = {b: revenue.ResidualQuantiles.fit(out_of_fold[b], train.y, train.w) for b in baselines}
     base, tables = {}, []
     for b, m in baselines.items():
-        base[b], table = held_out(revenue.RevenueModel(m, residuals[b]), test)
+        base[b], table, _ = held_out(revenue.RevenueModel(m, residuals[b]), test)
         tables.append(table.assign(candidate=b))
     params = {"model": model, "as_of": str(settings.as_of), "horizon_days": cfg.horizon_days,
               "train_dates": ",".join(map(str, train_dates)), "test_date": str(test_date),
@@ -258,14 +258,14 @@ def prepare(spark: SparkSession, settings: Settings, summary: Summary, model: st
                     _lineage(spark, settings, model, silver, silver_version, personas_version), params, fits)
 
 
-def held_out(candidate: revenue.RevenueModel, test: Split) -> tuple[dict[str, float], pd.DataFrame]:
-    """A candidate's metrics on the test split with the coverage of its P10-P90 interval, and
-    that coverage per decile of its prediction."""
+def held_out(candidate: revenue.RevenueModel, test: Split) -> tuple[dict[str, float], pd.DataFrame, np.ndarray]:
+    """A candidate's metrics on the test split with the coverage of its P10-P90 interval, that
+    coverage per decile of its prediction, and the prediction."""
     out = candidate.predict(None, test.x, {revenue.INTERVALS: True})
     mean, bounds = out["prediction"].to_numpy(), out[list(revenue.INTERVAL_COLUMNS)].to_numpy()
     scores = {**revenue.metrics(test.y, mean, test.w),
               **revenue.coverage(test.y, bounds[:, 0], bounds[:, 2], test.w)}
-    return scores, revenue.coverage_by_decile(test.y, mean, bounds, test.w)
+    return scores, revenue.coverage_by_decile(test.y, mean, bounds, test.w), mean
 
 
 def _lineage(spark: SparkSession, settings: Settings, model: str, silver: DataFrame, silver_version: int,
@@ -338,8 +338,7 @@ def evaluate(network: revenue.RevenueModel, fitted: revenue.CrossFit,
     the decile table, the coverage per decile of every candidate, the backtest (user model)
     and the plots. Returns the network's metrics and the coverage table."""
     spec, test, baselines = prepared.spec, prepared.test, prepared.baselines
-    predicted = revenue.predict(fitted.model, test.x)
-    scores, table = held_out(network, test)
+    scores, table, predicted = held_out(network, test)
     mlflow.log_metrics({f"test_{k}": v for k, v in scores.items()})
     if network.residuals is None:  # what a calibrated ZILN would cover here (the atom at 0: not 80 %)
         mlflow.log_metrics({f"test_expected_{k}": v

@@ -473,6 +473,15 @@ def mixture_quantiles(p: np.ndarray, mu: np.ndarray, sigma: np.ndarray,
     return np.maximum.accumulate(out, axis=1)
 
 
+def member_distributions(model: Ensemble, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(p, mu, sigma), each (K, rows): every member's chance of revenue and its lognormal."""
+    with torch.no_grad():
+        tx = torch.as_tensor(x.astype(np.float32))
+        params = [m.parameters_of(tx) for m in model.members]
+    logit, mu, sigma = (np.stack([np.asarray(t[i], dtype=np.float64) for t in params]) for i in range(3))
+    return special.expit(logit), mu, sigma
+
+
 def ensemble_quantiles(model: Ensemble, x: np.ndarray, levels: tuple[float, ...] = QUANTILES) -> np.ndarray:
     """The network's quantiles of each row's revenue, from its own distribution.
 
@@ -484,11 +493,7 @@ def ensemble_quantiles(model: Ensemble, x: np.ndarray, levels: tuple[float, ...]
     scale x revenue, the one distribution consistent with the calibrated mean."""
     if not model.has_distribution:
         raise ValueError("the network was trained on the Tweedie loss: it has no distribution to give quantiles")
-    with torch.no_grad():
-        tx = torch.as_tensor(x.astype(np.float32))
-        params = [m.parameters_of(tx) for m in model.members]
-    logit, mu, sigma = (np.stack([np.asarray(t[i], dtype=np.float64) for t in params]) for i in range(3))
-    return float(model.scale) * mixture_quantiles(special.expit(logit), mu, sigma, levels)
+    return float(model.scale) * mixture_quantiles(*member_distributions(model, x), levels)
 
 
 def expected_coverage(model: Ensemble, x: np.ndarray, weight: np.ndarray) -> dict[str, float]:
@@ -500,10 +505,7 @@ def expected_coverage(model: Ensemble, x: np.ndarray, weight: np.ndarray) -> dic
     for a < 0.1; 0.9 for 0.1 <= a < 0.9; and a (>= 0.9) above. Of its payers it holds
     (0.9 - a) / (1 - a) in the middle case and none when P90 = 0. Where most users rarely pay,
     a calibrated model covers about 90 % of users and far fewer of the payers."""
-    with torch.no_grad():
-        tx = torch.as_tensor(x.astype(np.float32))
-        atom = np.mean([1 - special.expit(np.asarray(m.parameters_of(tx)[0], dtype=np.float64))
-                        for m in model.members], axis=0)
+    atom = (1 - member_distributions(model, x)[0]).mean(axis=0)
     lower, upper = QUANTILES[0], QUANTILES[-1]
     below = np.where(atom >= lower, 0.0, lower)  # F just below P10
     top = np.where(atom >= upper, atom, upper)  # F at P90
@@ -514,11 +516,9 @@ def expected_coverage(model: Ensemble, x: np.ndarray, weight: np.ndarray) -> dic
 
 
 def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
-    """The smallest value whose cumulative weight reaches q of the total (the inverted CDF, as
-    numpy's ``method="inverted_cdf"``; a row of weight 3 counts as three copies)."""
-    order = np.argsort(values, kind="mergesort")
-    cum = np.cumsum(weights[order])
-    return float(values[order][min(np.searchsorted(cum, q * cum[-1] * (1 - 1e-12), side="left"), len(cum) - 1)])
+    """The smallest value whose cumulative weight reaches q of the total (a row of weight 3
+    counts as three copies): numpy's inverted CDF, the one quantile method it weights."""
+    return float(np.quantile(values, q, weights=weights, method="inverted_cdf"))
 
 
 @dataclass(frozen=True)
